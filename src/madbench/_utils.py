@@ -1,0 +1,78 @@
+"""Small shared helpers: sigma broadcasting, seeding, atomic writes."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+import torch
+from torch import Tensor
+
+T = TypeVar("T")
+
+
+def as_sigma(sigma: float | Tensor, x: Tensor) -> Tensor:
+    """Return sigma as a tensor of shape (n, 1) with the dtype and device of ``x`` (n, D).
+
+    ``sigma`` may be a python float, a 0-d tensor or a tensor of shape (n,) or (n, 1).
+    """
+    s = torch.as_tensor(sigma, dtype=x.dtype, device=x.device)
+    if s.ndim == 0:
+        return s.expand(x.shape[0]).unsqueeze(-1)
+    if s.ndim == 1:
+        if s.shape[0] != x.shape[0]:
+            raise ValueError(f"sigma has shape {tuple(s.shape)} but x has {x.shape[0]} points")
+        return s.unsqueeze(-1)
+    if s.ndim == 2 and s.shape[1] == 1:
+        return s
+    raise ValueError(f"sigma must be a float or have shape (n,), got {tuple(s.shape)}")
+
+
+def make_generator(seed: int, device: str | torch.device = "cpu") -> torch.Generator:
+    """A seeded ``torch.Generator`` on ``device``."""
+    g = torch.Generator(device=device)
+    g.manual_seed(int(seed))
+    return g
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
+    """Call ``write(tmp_path)`` then atomically rename ``tmp_path`` onto ``path``.
+
+    A crash in ``write`` leaves any earlier file at ``path`` untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class Registry(dict[str, T]):
+    """A name -> object map whose lookups fail with the list of known names."""
+
+    def __init__(self, kind: str):
+        super().__init__()
+        self.kind = kind
+
+    def register(self, name: str) -> Callable[[T], T]:
+        def deco(obj: T) -> T:
+            if name in self:
+                raise ValueError(f"{self.kind} {name!r} is registered twice")
+            self[name] = obj
+            return obj
+
+        return deco
+
+    def get_or_raise(self, name: str) -> T:
+        if name not in self:
+            known = ", ".join(sorted(self))
+            raise KeyError(f"unknown {self.kind} {name!r}; known {self.kind}s: {known}")
+        return self[name]
