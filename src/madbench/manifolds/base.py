@@ -7,10 +7,10 @@ Conventions
 * ``sigma`` is a float or a tensor of shape (n,); the ambient noise is N(0, sigma^2 I_D).
 * ``base_score(x, sigma)`` is the score of the uniform law on M (Haar, surface or counting
   measure) convolved with N(0, sigma^2 I_D), evaluated at ambient points x.
-* Heat kernels are densities with respect to the *normalised* uniform measure on M unless a
-  method's docstring says otherwise; ``log_volume`` converts to the Riemannian volume of the
-  metric induced by the ambient Euclidean (Frobenius) inner product, except where a class
-  documents a different metric (SO(3), see ``madbench.manifolds.so3``).
+* The Riemannian metric is the one induced by the ambient Euclidean (Frobenius) inner product.
+  Heat kernels and log densities on M are w.r.t. its Riemannian volume measure, of total mass
+  exp(``log_volume``); Brownian motion has generator Laplace-Beltrami / 2 in that metric.
+  Conversions to other conventions (SO(3) with <A,B> = tr(A^T B)/2) are stated by the class.
 """
 
 from __future__ import annotations

@@ -1,0 +1,217 @@
+"""Noise schedules: variance exploding (VE) and variance preserving (VP, linear and cosine).
+
+Forward SDE on R^D: dx = f(x, t) dt + g(t) dW, t in [t_min, T]. Its marginal given x0 is
+N(alpha(t) x0, std(t)^2 I). Every formula of SCIENCE.md written for VE noise applies to
+x / alpha(t) with the *equivalent VE noise level* sigma(t) = std(t) / alpha(t), and the score
+picks up a factor 1 / alpha(t):  score_x(x, t) = score_VE(x / alpha, sigma) / alpha.
+
+RSGM uses the same g(t) for Brownian motion on M, dX = g(t) dB_M, whose heat-kernel time is
+``heat_time(t)`` = int_0^t g(s)^2 ds.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+
+import torch
+from torch import Tensor
+
+from madbench._utils import Registry
+
+
+def _t(t: float | Tensor) -> Tensor:
+    return torch.as_tensor(t, dtype=torch.get_default_dtype()) if not torch.is_tensor(t) else t
+
+
+class Schedule(ABC):
+    """Base class. ``t`` may be a float or a tensor; results broadcast like ``t``."""
+
+    name: str
+    t_min: float
+    T: float = 1.0
+
+    @abstractmethod
+    def alpha(self, t: float | Tensor) -> Tensor:
+        """Mean scale alpha(t): E[x_t | x0] = alpha(t) x0."""
+
+    @abstractmethod
+    def std(self, t: float | Tensor) -> Tensor:
+        """Marginal standard deviation std(t) of x_t given x0."""
+
+    @abstractmethod
+    def beta(self, t: float | Tensor) -> Tensor:
+        """g(t)^2, the squared diffusion coefficient."""
+
+    @abstractmethod
+    def heat_time(self, t: float | Tensor) -> Tensor:
+        """int_0^t g(s)^2 ds, the Brownian time on M reached at t (RSGM)."""
+
+    @abstractmethod
+    def t_of_sigma(self, sigma: float | Tensor) -> Tensor:
+        """Inverse of ``sigma``: the time at which std / alpha equals sigma."""
+
+    def sigma(self, t: float | Tensor) -> Tensor:
+        """Equivalent VE noise level std(t) / alpha(t)."""
+        return self.std(t) / self.alpha(t)
+
+    def diffusion(self, t: float | Tensor) -> Tensor:
+        """g(t)."""
+        return self.beta(t).sqrt()
+
+    def drift(self, x: Tensor, t: float | Tensor) -> Tensor:
+        """f(x, t); zero for VE, -beta(t) x / 2 for VP."""
+        return torch.zeros_like(x)
+
+    @property
+    def sigma_min(self) -> float:
+        return float(self.sigma(self.t_min))
+
+    @property
+    def sigma_max(self) -> float:
+        return float(self.sigma(self.T))
+
+    def sample_t(
+        self, n: int, generator: torch.Generator | None = None, device: str | torch.device = "cpu"
+    ) -> Tensor:
+        """Training times, uniform on [t_min, T] (shape (n,), float32)."""
+        u = torch.rand(n, generator=generator, device=device)
+        return self.t_min + (self.T - self.t_min) * u
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(sigma_min={self.sigma_min:.3g}, sigma_max={self.sigma_max:.3g})"
+
+
+class VE(Schedule):
+    """Geometric VE: sigma(t) = sigma_min (sigma_max / sigma_min)^t on t in [0, 1].
+
+    g(t)^2 = d sigma^2 / dt = 2 log(sigma_max / sigma_min) sigma(t)^2, alpha = 1.
+    """
+
+    name = "ve"
+
+    def __init__(self, sigma_min: float = 1e-3, sigma_max: float = 10.0):
+        if not 0 < sigma_min < sigma_max:
+            raise ValueError(f"need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
+        self.smin, self.smax = float(sigma_min), float(sigma_max)
+        self.log_ratio = math.log(self.smax / self.smin)
+        self.t_min, self.T = 0.0, 1.0
+
+    def alpha(self, t):
+        return torch.ones_like(_t(t))
+
+    def std(self, t):
+        return self.smin * torch.exp(self.log_ratio * _t(t))
+
+    def beta(self, t):
+        return 2 * self.log_ratio * self.std(t) ** 2
+
+    def heat_time(self, t):
+        return self.std(t) ** 2 - self.smin**2
+
+    def t_of_sigma(self, sigma):
+        return torch.log(_t(sigma) / self.smin) / self.log_ratio
+
+
+class VPLinear(Schedule):
+    """VP with linear beta(t) = beta_min + t (beta_max - beta_min) on [t_min, 1] (Song et al. 2021).
+
+    alpha(t) = exp(-B(t) / 2), B(t) = int_0^t beta; std(t) = sqrt(1 - alpha^2);
+    drift -beta x / 2, g = sqrt(beta).
+    """
+
+    name = "vp"
+
+    def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, t_min: float = 1e-5):
+        if not 0 <= beta_min < beta_max:
+            raise ValueError(f"need 0 <= beta_min < beta_max, got {beta_min}, {beta_max}")
+        if not 0 < t_min < 1:
+            raise ValueError(f"t_min must lie in (0, 1), got {t_min}")
+        self.b0, self.b1, self.t_min, self.T = float(beta_min), float(beta_max), float(t_min), 1.0
+
+    def beta(self, t):
+        return self.b0 + _t(t) * (self.b1 - self.b0)
+
+    def heat_time(self, t):
+        t = _t(t)
+        return self.b0 * t + 0.5 * (self.b1 - self.b0) * t**2
+
+    def alpha(self, t):
+        return torch.exp(-0.5 * self.heat_time(t))
+
+    def std(self, t):
+        return (-torch.expm1(-self.heat_time(t))).sqrt()
+
+    def drift(self, x, t):
+        b = self.beta(t)
+        return -0.5 * (b.reshape(-1, 1) if b.ndim else b) * x
+
+    def t_of_sigma(self, sigma):
+        # sigma^2 = 1/alpha^2 - 1 = exp(B) - 1  =>  B = log1p(sigma^2), solve the quadratic in t.
+        b = torch.log1p(_t(sigma) ** 2)
+        a2 = 0.5 * (self.b1 - self.b0)
+        if a2 == 0:
+            return b / self.b0
+        return (-self.b0 + torch.sqrt(self.b0**2 + 4 * a2 * b)) / (2 * a2)
+
+
+class VPCosine(Schedule):
+    """Cosine VP (Nichol & Dhariwal 2021): alpha(t)^2 = cos^2(phi(t)) / cos^2(phi(0)),
+    phi(t) = (t + s) / (1 + s) * pi / 2, on [t_min, T] with T chosen so sigma(T) = sigma_max.
+
+    beta(t) = -d log alpha^2 / dt = pi / (1 + s) tan(phi(t)).
+    """
+
+    name = "vp_cosine"
+
+    def __init__(self, s: float = 0.008, t_min: float = 1e-5, sigma_max: float = 100.0):
+        if s <= 0 or sigma_max <= 0:
+            raise ValueError(f"need s > 0 and sigma_max > 0, got s={s}, sigma_max={sigma_max}")
+        self.s, self.t_min = float(s), float(t_min)
+        self.T = float(self.t_of_sigma(sigma_max))
+        if not self.t_min < self.T <= 1:
+            raise ValueError(f"sigma_max={sigma_max} is below sigma(t_min)")
+
+    def _phi(self, t):
+        return (_t(t) + self.s) / (1 + self.s) * math.pi / 2
+
+    def alpha(self, t):
+        return torch.cos(self._phi(t)) / math.cos(self._phi(0.0).item())
+
+    def std(self, t):
+        return (1 - self.alpha(t) ** 2).clamp_min(0).sqrt()
+
+    def beta(self, t):
+        return math.pi / (1 + self.s) * torch.tan(self._phi(t))
+
+    def heat_time(self, t):
+        # int_0^t beta = -log alpha(t)^2
+        return -2 * torch.log(self.alpha(t))
+
+    def drift(self, x, t):
+        b = self.beta(t)
+        return -0.5 * (b.reshape(-1, 1) if b.ndim else b) * x
+
+    def t_of_sigma(self, sigma):
+        a = torch.rsqrt(1 + _t(sigma) ** 2)
+        phi = torch.acos(a * math.cos(self._phi(0.0).item()))
+        return phi * 2 / math.pi * (1 + self.s) - self.s
+
+
+SCHEDULES: Registry[type[Schedule]] = Registry("schedule")
+SCHEDULES.register("ve")(VE)
+SCHEDULES.register("vp")(VPLinear)
+SCHEDULES.register("vp_cosine")(VPCosine)
+
+
+def get_schedule(name: str, **kwargs: float) -> Schedule:
+    """Build the schedule registered as ``name`` with keyword parameters."""
+    cls = SCHEDULES.get_or_raise(name)
+    try:
+        return cls(**kwargs)
+    except TypeError as e:
+        raise ValueError(f"bad parameters for schedule {name!r}: {e}") from e
+
+
+def list_schedules() -> list[str]:
+    return sorted(SCHEDULES)
