@@ -61,32 +61,51 @@ def main() -> None:
     for name, m in manifolds.items():
         n, d = args.batch, m.ambient_dim
         x0 = m.sample_uniform(n, generator=g).to(device=device, dtype=dtype)
-        sigma = torch.exp(torch.empty(n, device=device, dtype=dtype).uniform_(-6.9, 2.3, generator=g))
+        sigma = torch.exp(
+            torch.empty(n, device=device, dtype=dtype).uniform_(-6.9, 2.3, generator=g)
+        )
         x = x0 + sigma[:, None] * torch.randn(n, d, device=device, dtype=dtype, generator=g)
         net = nn.Sequential(
-            nn.Linear(d + 1, 256), nn.SiLU(),
+            nn.Linear(d + 1, 256),
+            nn.SiLU(),
             *[layer for _ in range(2) for layer in (nn.Linear(256, 256), nn.SiLU())],
             nn.Linear(256, d),
         ).to(device=device, dtype=dtype)
         inp = torch.cat([x, sigma.log()[:, None]], dim=1)
 
-        def step():
+        def step(net=net, inp=inp):
             net.zero_grad(set_to_none=True)
             net(inp).square().mean().backward()
 
-        t_base = _timeit(lambda: m.base_score(x, sigma), device, args.repeats)
+        def base(m=m, x=x, sigma=sigma):
+            return m.base_score(x, sigma)
+
+        t_base = _timeit(base, device, args.repeats)
         t_step = _timeit(step, device, args.repeats)
-        rows.append(dict(manifold=name, D=d, base_ms=1e3 * t_base, mlp_step_ms=1e3 * t_step,
-                         ratio=t_base / t_step))
+        rows.append(
+            dict(
+                manifold=name,
+                D=d,
+                base_ms=1e3 * t_base,
+                mlp_step_ms=1e3 * t_step,
+                ratio=t_base / t_step,
+            )
+        )
 
     dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    print(f"base_score vs one 4x256 MLP fwd+bwd, batch {args.batch}, {args.dtype}, {dev_name}, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(
+        f"base_score vs one 4x256 MLP fwd+bwd, batch {args.batch}, {args.dtype}, {dev_name}, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads"
+    )
     print(f"{'manifold':<14}{'D':>4}{'base ms':>10}{'MLP step ms':>13}{'ratio':>8}")
     for r in rows:
-        print(f"{r['manifold']:<14}{r['D']:>4}{r['base_ms']:>10.3f}{r['mlp_step_ms']:>13.3f}"
-              f"{r['ratio']:>8.3f}")
-    print("JSON " + json.dumps(dict(device=dev_name, batch=args.batch, dtype=args.dtype, rows=rows)))
+        print(
+            f"{r['manifold']:<14}{r['D']:>4}{r['base_ms']:>10.3f}{r['mlp_step_ms']:>13.3f}"
+            f"{r['ratio']:>8.3f}"
+        )
+    print(
+        "JSON " + json.dumps(dict(device=dev_name, batch=args.batch, dtype=args.dtype, rows=rows))
+    )
 
 
 if __name__ == "__main__":

@@ -79,7 +79,9 @@ class Schedule(ABC):
         return self.t_min + (self.T - self.t_min) * u
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(sigma_min={self.sigma_min:.3g}, sigma_max={self.sigma_max:.3g})"
+        return (
+            f"{type(self).__name__}(sigma_min={self.sigma_min:.3g}, sigma_max={self.sigma_max:.3g})"
+        )
 
 
 class VE(Schedule):
@@ -107,7 +109,8 @@ class VE(Schedule):
         return 2 * self.log_ratio * self.std(t) ** 2
 
     def heat_time(self, t):
-        return self.std(t) ** 2 - self.smin**2
+        # std^2 - smin^2 without cancellation near t = 0
+        return self.smin**2 * torch.expm1(2 * self.log_ratio * _t(t))
 
     def t_of_sigma(self, sigma):
         return torch.log(_t(sigma) / self.smin) / self.log_ratio
@@ -148,11 +151,12 @@ class VPLinear(Schedule):
 
     def t_of_sigma(self, sigma):
         # sigma^2 = 1/alpha^2 - 1 = exp(B) - 1  =>  B = log1p(sigma^2), solve the quadratic in t.
+        # (stable root 2B / (b0 + sqrt(b0^2 + 4 a2 B)): no cancellation at small sigma)
         b = torch.log1p(_t(sigma) ** 2)
         a2 = 0.5 * (self.b1 - self.b0)
-        if a2 == 0:
-            return b / self.b0
-        return (-self.b0 + torch.sqrt(self.b0**2 + 4 * a2 * b)) / (2 * a2)
+        if self.b0 == 0:
+            return torch.sqrt(b / a2)
+        return 2 * b / (self.b0 + torch.sqrt(self.b0**2 + 4 * a2 * b))
 
 
 class VPCosine(Schedule):
@@ -160,6 +164,11 @@ class VPCosine(Schedule):
     phi(t) = (t + s) / (1 + s) * pi / 2, on [t_min, T] with T chosen so sigma(T) = sigma_max.
 
     beta(t) = -d log alpha^2 / dt = pi / (1 + s) tan(phi(t)).
+
+    Evaluated without cancellation (float32 stays accurate at t_min): with phi0 = phi(0) and
+    d = phi(t) - phi0 = t pi / (2 (1 + s)),
+    std^2 = 1 - alpha^2 = sin(d) sin(d + 2 phi0) / cos^2 phi0 and
+    cos(phi(t)) = sin((1 - t) pi / (2 (1 + s))).
     """
 
     name = "vp_cosine"
@@ -168,7 +177,10 @@ class VPCosine(Schedule):
         if s <= 0 or sigma_max <= 0:
             raise ValueError(f"need s > 0 and sigma_max > 0, got s={s}, sigma_max={sigma_max}")
         self.s, self.t_min = float(s), float(t_min)
-        self.T = float(self.t_of_sigma(sigma_max))
+        self._rate = math.pi / (2 * (1 + self.s))  # d phi / dt
+        self._phi0 = self.s * self._rate
+        self._cos0 = math.cos(self._phi0)
+        self.T = float(self.t_of_sigma(torch.tensor(sigma_max, dtype=torch.float64)))
         if not self.t_min < self.T <= 1:
             raise ValueError(f"sigma_max={sigma_max} is below sigma(t_min)")
 
@@ -176,26 +188,34 @@ class VPCosine(Schedule):
         return (_t(t) + self.s) / (1 + self.s) * math.pi / 2
 
     def alpha(self, t):
-        return torch.cos(self._phi(t)) / math.cos(self._phi(0.0).item())
+        return torch.sin((1 - _t(t)) * self._rate) / self._cos0
 
     def std(self, t):
-        return (1 - self.alpha(t) ** 2).clamp_min(0).sqrt()
+        d = _t(t) * self._rate
+        return (torch.sin(d) * torch.sin(d + 2 * self._phi0)).clamp_min(0).sqrt() / self._cos0
 
     def beta(self, t):
-        return math.pi / (1 + self.s) * torch.tan(self._phi(t))
+        return 2 * self._rate / torch.tan((1 - _t(t)) * self._rate)
 
     def heat_time(self, t):
-        # int_0^t beta = -log alpha(t)^2
-        return -2 * torch.log(self.alpha(t))
+        # int_0^t beta = -log alpha(t)^2 = -log1p(-std^2); each form where it is accurate
+        var = self.std(t) ** 2
+        return torch.where(
+            var < 0.5, -torch.log1p(-var.clamp_max(0.5)), -2 * torch.log(self.alpha(t))
+        )
 
     def drift(self, x, t):
         b = self.beta(t)
         return -0.5 * (b.reshape(-1, 1) if b.ndim else b) * x
 
     def t_of_sigma(self, sigma):
-        a = torch.rsqrt(1 + _t(sigma) ** 2)
-        phi = torch.acos(a * math.cos(self._phi(0.0).item()))
-        return phi * 2 / math.pi * (1 + self.s) - self.s
+        # tan^2 phi = tan^2 phi0 + sigma^2 / cos^2 phi0, and
+        # tan(phi - phi0) = (tan^2 phi - tan^2 phi0) / ((tan phi + tan phi0)(1 + tan phi tan phi0))
+        u = _t(sigma) ** 2 / self._cos0**2
+        tan0 = math.tan(self._phi0)
+        tan_phi = torch.sqrt(tan0**2 + u)
+        d = torch.atan2(u / (tan_phi + tan0), 1 + tan_phi * tan0)
+        return d / self._rate
 
 
 SCHEDULES: Registry[type[Schedule]] = Registry("schedule")
