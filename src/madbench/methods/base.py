@@ -47,8 +47,32 @@ class Method(ABC):
         self.schedule = schedule
         self.net = net
         self.config = dict(config or {})
+        self._device = torch.device("cpu")
 
-    @classmethod
+    @property
+    def device(self) -> torch.device:
+        """Device of the network's parameters; for methods without one, the device set by
+        :meth:`to` (default CPU). Samplers put their state there."""
+        if self.net is not None:
+            for p in self.net.parameters():
+                return p.device
+        return self._device
+
+    def to(self, device: str | torch.device) -> Method:
+        """Move the network (if any) to ``device``; returns self."""
+        self._device = torch.device(device)
+        if self.net is not None:
+            self.net.to(self._device)
+        return self
+
+    @property
+    def n_parameters(self) -> int:
+        """Number of network parameters (0 without a network)."""
+        if self.net is None:
+            return 0
+        return sum(p.numel() for p in self.net.parameters())
+
+    @classmethod  # noqa: B027 (an optional override, not abstract)
     def check_supported(cls, dataset: Dataset) -> None:
         """Raise ValueError (naming method and dataset) if the method cannot run on it."""
 

@@ -1,0 +1,216 @@
+"""The ``madbench`` command line.
+
+    madbench list methods|datasets|schedules
+    madbench train --dataset D --method M --schedule S --seed N --steps K --out RUN_DIR
+                   [--device auto|cpu|cuda] [--set key=value ...] [--overwrite]
+    madbench sample --run RUN_DIR --n N --out FILE.npz [--sampler NAME] [--steps K] [--seed S]
+    madbench evaluate --run RUN_DIR --out FILE.json
+    madbench rate-separation [ARGS ...]
+
+Exit status: 0 on success, 2 for a bad name, key or value (the message lists what is known),
+1 for a failure while running (non-finite loss, unreadable run directory, ...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from madbench.config import ConfigError
+
+
+class UsageError(Exception):
+    """Bad user input: exit status 2."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="madbench", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    ls = sub.add_parser("list", help="list registered methods, datasets or schedules")
+    ls.add_argument("what", choices=["methods", "datasets", "schedules"])
+    ls.add_argument("-v", "--verbose", action="store_true", help="one line of detail each")
+
+    tr = sub.add_parser("train", help="train one run (resumes from RUN_DIR's checkpoint)")
+    tr.add_argument("--dataset", required=True)
+    tr.add_argument("--method", required=True)
+    tr.add_argument("--schedule", default="ve")
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--steps", type=int, default=None, help="default: the config default")
+    tr.add_argument("--out", required=True, type=Path, help="run directory")
+    tr.add_argument("--device", default=None, help="auto (default), cpu, cuda or cuda:N")
+    tr.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override, e.g. net.width=512, schedule.sigma_max=50",
+    )
+    tr.add_argument("--overwrite", action="store_true", help="ignore an existing checkpoint")
+    tr.add_argument("--no-progress", action="store_true", help="plain log lines, no bar")
+
+    sa = sub.add_parser("sample", help="draw samples from a trained run into an .npz")
+    sa.add_argument("--run", required=True, type=Path)
+    sa.add_argument("--n", required=True, type=int)
+    sa.add_argument("--out", required=True, type=Path)
+    sa.add_argument("--sampler", default=None, help="sde|ode|pc|ode_adaptive (ambient), grw|ode")
+    sa.add_argument("--steps", type=int, default=500)
+    sa.add_argument("--seed", type=int, default=None, help="default: the run's seed")
+    sa.add_argument("--device", default=None)
+
+    ev = sub.add_parser("evaluate", help="compute the metrics of a run")
+    ev.add_argument("--run", required=True, type=Path)
+    ev.add_argument("--out", required=True, type=Path)
+    ev.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    ev.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override an evaluation setting (n_samples, n_nll, likelihood, ...)",
+    )
+
+    sub.add_parser("rate-separation", help="rate-separation experiments", add_help=False)
+    return p
+
+
+# ---------------------------------------------------------------------- commands
+def cmd_list(args: argparse.Namespace) -> None:
+    if args.what == "methods":
+        from madbench.methods import get_method, list_methods
+
+        for name in list_methods():
+            doc = (get_method(name).__doc__ or "").strip().splitlines()[0]
+            print(f"{name:10s} {doc}" if args.verbose else name)
+    elif args.what == "datasets":
+        from madbench.data import get_dataset, list_datasets
+
+        for name in list_datasets():
+            if args.verbose:
+                ds = get_dataset(name)
+                extra = "exact score" if ds.has_score else "no exact score"
+                print(f"{name:24s} {ds.manifold!r:36s} {extra}")
+            else:
+                print(name)
+    else:
+        from madbench.schedules import get_schedule, list_schedules
+
+        for name in list_schedules():
+            print(f"{name:10s} {get_schedule(name)!r}" if args.verbose else name)
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from madbench.config import TrainConfig, apply_overrides
+    from madbench.training import train
+
+    cfg = TrainConfig(
+        dataset=args.dataset, method=args.method, schedule=args.schedule, seed=args.seed
+    )
+    if args.steps is not None:
+        cfg.steps = args.steps
+    if args.device is not None:
+        cfg.device = args.device
+    cfg = apply_overrides(cfg, args.set)
+    progress = False if args.no_progress else None
+    summary = train(cfg, args.out, overwrite=args.overwrite, progress=progress)
+    print(f"trained {cfg.method} on {cfg.dataset} to step {summary['step']}: {args.out}")
+
+
+def cmd_sample(args: argparse.Namespace) -> None:
+    import torch
+
+    from madbench._utils import atomic_write, make_generator
+    from madbench.runs import load_run
+
+    if args.n < 1 or args.steps < 1:
+        raise UsageError(f"--n and --steps must be >= 1, got {args.n} and {args.steps}")
+    run = load_run(args.run, device=args.device)
+    from madbench.sampling import sample
+
+    seed = run.cfg.seed if args.seed is None else args.seed
+    gen = make_generator(seed, run.device)
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        out = sample(run.method, args.n, sampler=args.sampler, steps=args.steps, generator=gen)
+    wall = time.perf_counter() - t0
+    raw, proj = out["raw"].detach().cpu(), out["projected"].detach().cpu()
+    dist = run.method.manifold.distance_to_manifold(raw.double())
+    arrays = dict(
+        raw=raw.numpy(),
+        projected=proj.numpy(),
+        dist_to_manifold=dist.numpy(),
+        seed=np.int64(seed),
+        steps=np.int64(args.steps),
+        sampler=np.str_(args.sampler or "default"),
+        wall_time_s=np.float64(wall),
+    )
+
+    def write(p: Path) -> None:
+        with open(p, "wb") as fh:
+            np.savez(fh, **arrays)
+
+    atomic_write(args.out, write)
+    print(
+        f"{args.n} samples of {run.method.name} in {wall:.2f} s -> {args.out} "
+        f"(mean distance to M before projection {float(dist.mean()):.3g})"
+    )
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    import yaml
+
+    import madbench.evaluate
+
+    overrides = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--set expects KEY=VALUE, got {item!r}")
+        overrides[key.strip()] = yaml.safe_load(value)
+    metrics = madbench.evaluate.main(args.run, args.out, overrides, args.device)
+    print(f"{len(metrics)} metrics -> {args.out}")
+
+
+# ---------------------------------------------------------------------- entry point
+def _fail(command: str, msg: str, status: int) -> int:
+    print(f"madbench {command}: error: {msg}", file=sys.stderr)
+    return status
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["rate-separation"]:
+        import madbench.rate_separation
+
+        return int(madbench.rate_separation.main(argv[1:]) or 0)
+    args = _parser().parse_args(argv)
+    commands = {
+        "list": cmd_list,
+        "train": cmd_train,
+        "sample": cmd_sample,
+        "evaluate": cmd_evaluate,
+    }
+    from madbench.runs import EvaluationError, RunLoadError
+    from madbench.training import NonFiniteLossError
+
+    try:
+        commands[args.command](args)
+    except KeyError as e:  # registry lookups: "unknown method 'x'; known methods: ..."
+        msg = e.args[0] if e.args else ""
+        if not (isinstance(msg, str) and msg.startswith("unknown ")):
+            raise
+        return _fail(args.command, msg, 2)
+    except (ConfigError, UsageError) as e:
+        return _fail(args.command, str(e), 2)
+    except (RunLoadError, NonFiniteLossError, EvaluationError) as e:
+        return _fail(args.command, str(e), 1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,587 @@
+"""Training loop: seeded, device-agnostic, resumable, with EMA, warm-up + cosine lr and logs.
+
+``train(cfg, out_dir)`` writes into ``out_dir``:
+
+* ``config.yaml`` (resolved config), ``run_info.json`` (git commit, versions, device, seed,
+  parameter count, wall time, peak memory), ``train.log`` (log lines), ``history.csv``
+  (step, loss, lr, steps_per_s, wall_time; one row per ``log_every`` steps, loss averaged over
+  them, wall_time = cumulative training seconds);
+* ``checkpoint.pt`` every ``checkpoint_every`` steps and at the end, written atomically: model,
+  EMA, optimiser, lr scheduler, step, elapsed time and every RNG state (data and noise
+  generators, torch CPU/CUDA). A run started again on a directory with a checkpoint resumes from
+  it (the config must agree, except the keys in :data:`RESUMABLE_KEYS`); on CPU the result is
+  bit-identical to an uninterrupted run. Non-trainable methods (oracle) get config, run_info,
+  train.log and a ``no_weights.txt`` marker, no checkpoint.
+
+Randomness: network init from ``seed`` (CPU RNG, so CPU and CUDA runs start equal); training
+data from a generator seeded ``seed`` on the device (synthetic sets are sampled there; earth data
+live on the device and batches are seeded index draws from the train split of split
+``cfg.split`` with seed ``seed``); times and noise from a second generator seeded ``seed + 1``.
+
+Optimiser: AdamW(lr, weight_decay); lr factor linear from 1/W to 1 over W = min(warmup_steps,
+steps // 10) steps, then cosine to ``lr_final_ratio``; gradient norm clipped to ``grad_clip``;
+EMA with decay min(ema, (1 + k) / (10 + k)) at step k. A non-finite loss stops the run with
+:class:`NonFiniteLossError` naming the step and the method (checked at every log and checkpoint
+boundary over every step since the last one; no checkpoint is written after it).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from madbench._utils import atomic_write, make_generator
+from madbench.config import (
+    ConfigError,
+    TrainConfig,
+    check_schedule_params,
+    dump_config,
+)
+from madbench.data.base import Dataset, get_dataset
+from madbench.methods.base import Method, get_method
+from madbench.nets import ScoreMLP
+from madbench.schedules import SCHEDULES, Schedule
+
+CHECKPOINT = "checkpoint.pt"
+CONFIG = "config.yaml"
+RUN_INFO = "run_info.json"
+HISTORY = "history.csv"
+LOG = "train.log"
+NO_WEIGHTS = "no_weights.txt"
+HISTORY_COLUMNS = ("step", "loss", "lr", "steps_per_s", "wall_time")
+#: config keys that may differ between a checkpoint and the run that resumes it
+RESUMABLE_KEYS = ("device", "log_every", "checkpoint_every", "wandb", "wandb_project", "evaluate")
+CHECKPOINT_FORMAT = 1
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+# ---------------------------------------------------------------------- building blocks
+def resolve_device(name: str = "auto") -> torch.device:
+    """'auto' -> cuda if available else cpu; 'cuda' without a GPU is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"config key 'device' is {name!r} but CUDA is not available")
+    return dev
+
+
+def build_schedule(cfg: TrainConfig) -> Schedule:
+    """The schedule ``cfg.schedule`` with parameters ``cfg.schedule_params``."""
+    cls = SCHEDULES.get_or_raise(cfg.schedule)
+    check_schedule_params(cfg, cls)
+    try:
+        return cls(**cfg.schedule_params)
+    except ValueError as e:
+        raise ConfigError(f"config keys 'schedule.*' for schedule {cfg.schedule!r}: {e}") from e
+
+
+def build_dataset(cfg: TrainConfig) -> Dataset:
+    """The dataset ``cfg.dataset``; empirical ones train on split (cfg.split, cfg.seed)."""
+    ds = get_dataset(cfg.dataset)
+    if ds.empirical:
+        ds.split_kind, ds.split_seed = cfg.split, cfg.seed
+    return ds
+
+
+def build_method(
+    cfg: TrainConfig, dataset: Dataset, schedule: Schedule, device: torch.device
+) -> Method:
+    """Method ``cfg.method`` with a fresh ScoreMLP (init seeded by ``cfg.seed``) on ``device``."""
+    cls = get_method(cfg.method)
+    try:
+        cls.check_supported(dataset)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+    net = None
+    if cls.trainable:
+        d = dataset.manifold.ambient_dim
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            net = ScoreMLP(
+                d, d, cfg.net.width, cfg.net.depth, cfg.net.activation, cfg.net.n_fourier
+            )
+    method = cls(dataset, schedule, net=net, config=cfg.to_dict())
+    return method.to(device)
+
+
+class DataStream:
+    """Training batches on ``device``: fresh samples (synthetic) or seeded index draws from the
+    train split moved to the device once (empirical). float32, shape (batch_size, D)."""
+
+    def __init__(self, dataset: Dataset, batch_size: int, generator: torch.Generator):
+        self.dataset, self.batch_size, self.generator = dataset, batch_size, generator
+        self.device = generator.device
+        self.train: Tensor | None = None
+        if dataset.empirical:
+            split = dataset.split(dataset.split_kind, dataset.split_seed)
+            self.train = split["train"].to(self.device, torch.float32)
+
+    def next(self) -> Tensor:
+        if self.train is not None:
+            idx = torch.randint(
+                self.train.shape[0],
+                (self.batch_size,),
+                generator=self.generator,
+                device=self.device,
+            )
+            return self.train[idx]
+        x = self.dataset.sample(self.batch_size, generator=self.generator)
+        return x.to(self.device, torch.float32)
+
+
+def lr_factor(step: int, total: int, warmup: int, final_ratio: float = 0.0) -> float:
+    """Multiplier of the base lr for optimiser step ``step`` (0-based) of ``total``.
+
+    Warm-up (step < W): (step + 1) / W; then final + (1 - final) (1 + cos(pi p)) / 2 with
+    p = (step - W) / max(1, total - W): 1 at the first post-warm-up step, decreasing to
+    ``final_ratio`` at step ``total`` (one past the last optimiser step).
+    """
+    if step < warmup:
+        return (step + 1) / warmup
+    p = min(1.0, (step - warmup) / max(1, total - warmup))
+    return final_ratio + (1 - final_ratio) * 0.5 * (1 + math.cos(math.pi * p))
+
+
+def effective_warmup(cfg: TrainConfig) -> int:
+    return min(cfg.warmup_steps, cfg.steps // 10)
+
+
+class EMA:
+    """Parameter EMA: e <- d e + (1 - d) p with d = min(decay, (1 + k) / (10 + k)) at step k."""
+
+    def __init__(self, net: torch.nn.Module, decay: float):
+        self.decay = decay
+        self.names = [n for n, _ in net.named_parameters()]
+        self.params = [p for _, p in net.named_parameters()]
+        self.shadow = [p.detach().clone() for p in self.params]
+
+    def rate(self, step: int) -> float:
+        return min(self.decay, (1 + step) / (10 + step))
+
+    @torch.no_grad()
+    def update(self, step: int) -> None:
+        torch._foreach_lerp_(self.shadow, [p.detach() for p in self.params], 1 - self.rate(step))
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return dict(zip(self.names, self.shadow, strict=True))
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        for s, n in zip(self.shadow, self.names, strict=True):
+            s.copy_(state[n])
+
+
+# ---------------------------------------------------------------------- provenance
+def git_commit() -> str | None:
+    """HEAD commit of the checkout holding this package (None outside git)."""
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(Path(__file__).resolve().parent), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "cpu"
+
+
+def package_versions() -> dict[str, str]:
+    import numpy
+
+    import madbench
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "madbench": madbench.__version__,
+    }
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    text = json.dumps(data, indent=1, sort_keys=True, default=str)
+    atomic_write(path, lambda p: p.write_text(text))
+
+
+# ---------------------------------------------------------------------- logging
+@contextmanager
+def run_logger(out: Path, echo: bool):
+    """Logger writing to out/train.log (and to stderr if ``echo``); handlers removed after."""
+    log = logging.getLogger(f"madbench.train.{id(out)}")
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    fmt = logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S")
+    handlers: list[logging.Handler] = [logging.FileHandler(out / LOG)]
+    if echo:
+        handlers.append(logging.StreamHandler(sys.stderr))
+    for h in handlers:
+        h.setFormatter(fmt)
+        log.addHandler(h)
+    try:
+        yield log
+    finally:
+        for h in handlers:
+            log.removeHandler(h)
+            h.close()
+
+
+class WandbLogger:
+    """Optional wandb run (config ``wandb: true``); offline unless WANDB_MODE says otherwise."""
+
+    def __init__(self, cfg: TrainConfig, out: Path):
+        self.run = None
+        if not cfg.wandb:
+            return
+        try:
+            import wandb
+        except ImportError as e:
+            raise ConfigError(
+                "config key 'wandb' is true but wandb is not installed (pip install wandb)"
+            ) from e
+        os.environ.setdefault("WANDB_MODE", "offline")
+        self.run = wandb.init(
+            project=cfg.wandb_project,
+            dir=str(out),
+            config=cfg.to_dict(),
+            name=out.name,
+            resume="allow",
+        )
+
+    def log(self, row: dict[str, float]) -> None:
+        if self.run is not None:
+            self.run.log({k: v for k, v in row.items() if k != "step"}, step=int(row["step"]))
+
+    def finish(self) -> None:
+        if self.run is not None:
+            self.run.finish()
+
+
+# ---------------------------------------------------------------------- state
+@dataclass
+class TrainState:
+    """Everything a checkpoint restores."""
+
+    method: Method
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    ema: EMA
+    data_gen: torch.Generator
+    noise_gen: torch.Generator
+    step: int = 0
+    elapsed: float = 0.0
+
+
+def make_state(cfg: TrainConfig, method: Method, device: torch.device) -> TrainState:
+    net = method.net
+    assert net is not None
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    warm = effective_warmup(cfg)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda k: lr_factor(k, cfg.steps, warm, cfg.lr_final_ratio)
+    )
+    return TrainState(
+        method,
+        opt,
+        sched,
+        EMA(net, cfg.ema),
+        make_generator(cfg.seed, device),
+        make_generator(cfg.seed + 1, device),
+    )
+
+
+def checkpoint_dict(cfg: TrainConfig, st: TrainState) -> dict[str, Any]:
+    rng = {
+        "data": st.data_gen.get_state(),
+        "noise": st.noise_gen.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "method": cfg.method,
+        "config": cfg.to_dict(),
+        "step": st.step,
+        "elapsed": st.elapsed,
+        "model": st.method.net.state_dict(),
+        "ema": st.ema.state_dict(),
+        "optimizer": st.optimizer.state_dict(),
+        "lr_scheduler": st.scheduler.state_dict(),
+        "rng": rng,
+    }
+
+
+def save_checkpoint(path: Path, cfg: TrainConfig, st: TrainState) -> None:
+    state = checkpoint_dict(cfg, st)
+    atomic_write(path, lambda p: torch.save(state, p))
+
+
+def restore_state(st: TrainState, ck: dict[str, Any]) -> None:
+    """Load a checkpoint dict (from :func:`madbench.runs.read_checkpoint`) into ``st``."""
+    st.method.net.load_state_dict(ck["model"])
+    st.ema.load_state_dict(ck["ema"])
+    st.optimizer.load_state_dict(ck["optimizer"])
+    st.scheduler.load_state_dict(ck["lr_scheduler"])
+    st.data_gen.set_state(ck["rng"]["data"].cpu())
+    st.noise_gen.set_state(ck["rng"]["noise"].cpu())
+    torch.set_rng_state(ck["rng"]["torch"].cpu())
+    if "cuda" in ck["rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in ck["rng"]["cuda"]])
+    st.step, st.elapsed = int(ck["step"]), float(ck["elapsed"])
+
+
+def config_differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    """Keys (dotted) whose values differ, ignoring :data:`RESUMABLE_KEYS`."""
+    out = []
+    for k in sorted(set(a) | set(b)):
+        if k in RESUMABLE_KEYS:
+            continue
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict) and k == "net":
+            out += [f"net.{d}" for d in config_differences(va, vb)]
+        elif va != vb:
+            out.append(k)
+    return out
+
+
+def _truncate_history(path: Path, step: int) -> None:
+    """Keep the header and the rows with step <= ``step`` (rows written after a checkpoint)."""
+    if not path.exists():
+        return
+    lines = path.read_text().splitlines()
+    keep = lines[:1] + [ln for ln in lines[1:] if ln and int(ln.split(",")[0]) <= step]
+    atomic_write(path, lambda p: p.write_text("\n".join(keep) + "\n"))
+
+
+def _append_history(path: Path, row: dict[str, float]) -> None:
+    new = not path.exists()
+    with open(path, "a") as fh:
+        if new:
+            fh.write(",".join(HISTORY_COLUMNS) + "\n")
+        fh.write(",".join(repr(row[c]) if c != "step" else str(row[c]) for c in HISTORY_COLUMNS))
+        fh.write("\n")
+
+
+def _check_finite(losses: list[Tensor], first_step: int, cfg: TrainConfig) -> list[float]:
+    """Losses as floats; NonFiniteLossError naming the first bad step (1-based)."""
+    vals = torch.stack(losses).double().cpu().tolist()
+    for i, v in enumerate(vals):
+        if not math.isfinite(v):
+            raise NonFiniteLossError(
+                f"non-finite training loss ({v}) at step {first_step + i} of method "
+                f"{cfg.method!r} on dataset {cfg.dataset!r} (schedule {cfg.schedule!r}); "
+                "try a lower lr or a stronger grad_clip"
+            )
+    return vals
+
+
+# ---------------------------------------------------------------------- the run
+def _start_or_resume(cfg: TrainConfig, out: Path, overwrite: bool) -> dict[str, Any] | None:
+    """The checkpoint to resume from (None: fresh start; stale files of a fresh start removed)."""
+    from madbench.runs import read_checkpoint
+
+    ck_path = out / CHECKPOINT
+    if ck_path.exists() and not overwrite:
+        ck = read_checkpoint(ck_path, "cpu")
+        diff = config_differences(ck["config"], cfg.to_dict())
+        if diff:
+            raise ConfigError(
+                f"{ck_path} was trained with a different config (keys: {', '.join(diff)}); "
+                "use another --out directory or --overwrite"
+            )
+        return ck
+    for name in (CHECKPOINT, HISTORY, NO_WEIGHTS, LOG):
+        (out / name).unlink(missing_ok=True)
+    return None
+
+
+def _run_info(cfg: TrainConfig, method: Method, device: torch.device, **extra: Any) -> dict:
+    return {
+        "method": cfg.method,
+        "dataset": cfg.dataset,
+        "schedule": cfg.schedule,
+        "seed": cfg.seed,
+        "steps": cfg.steps,
+        "git_commit": git_commit(),
+        "versions": package_versions(),
+        "device": str(device),
+        "device_name": device_name(device),
+        "torch_threads": torch.get_num_threads(),
+        "n_parameters": method.n_parameters,
+        "trainable": method.trainable,
+        "schedule_repr": repr(method.schedule),
+        **extra,
+    }
+
+
+def train(
+    cfg: TrainConfig,
+    out_dir: str | Path,
+    *,
+    overwrite: bool = False,
+    progress: bool | None = None,
+    stop_after: int | None = None,
+) -> dict[str, Any]:
+    """Train (or resume) the run ``cfg`` in ``out_dir``; returns a summary dict.
+
+    ``progress``: tqdm bar (default: when stderr is a terminal; otherwise plain log lines on
+    stderr). ``stop_after``: return after that many total steps without a final checkpoint,
+    as a killed run would (for resume tests).
+    """
+    cfg.validate()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(cfg.device)
+    dataset, schedule = build_dataset(cfg), build_schedule(cfg)
+    method = build_method(cfg, dataset, schedule, device)
+    ck = _start_or_resume(cfg, out, overwrite)
+    dump_config(cfg, out / CONFIG)
+    tty = sys.stderr.isatty() if progress is None else progress
+    with run_logger(out, echo=not tty) as log:
+        log.info(
+            f"madbench train: method {cfg.method} dataset {cfg.dataset} schedule "
+            f"{method.schedule!r} seed {cfg.seed} device {device} ({device_name(device)})"
+        )
+        log.info(f"score network: {method.n_parameters:,} parameters")
+        if tty:
+            print(f"{cfg.method}: {method.n_parameters:,} parameters", file=sys.stderr)
+        if not method.trainable:
+            return _no_weights(cfg, method, device, out, log)
+        if ck is not None and int(ck["step"]) == cfg.steps:
+            log.info(f"{out / CHECKPOINT} is already at step {cfg.steps}: nothing to do")
+            return {"step": cfg.steps, "n_parameters": method.n_parameters, "out": str(out)}
+        st = make_state(cfg, method, device)
+        if ck is not None:
+            restore_state(st, ck)
+            log.info(f"resumed from {out / CHECKPOINT} at step {st.step}")
+            _truncate_history(out / HISTORY, st.step)
+        info = _run_info(cfg, method, device, resumed_from=st.step if ck else None)
+        write_json(out / RUN_INFO, {**info, "status": "running"})
+        wb = WandbLogger(cfg, out)
+        try:
+            summary = _loop(cfg, st, out, log, tty, stop_after, wb)
+        finally:
+            wb.finish()
+        info.update(
+            summary,
+            status="complete" if st.step == cfg.steps else "interrupted",
+            train_wall_time_s=st.elapsed,
+            peak_memory_mb=peak_memory_mb(device),
+        )
+        write_json(out / RUN_INFO, info)
+        return {**summary, "n_parameters": method.n_parameters, "out": str(out)}
+
+
+def _no_weights(cfg: TrainConfig, method: Method, device: torch.device, out: Path, log) -> dict:
+    """Run directory of a non-trainable method: marker file, run_info, no checkpoint."""
+    text = f"method {cfg.method!r} is not trainable (it uses the dataset's exact score)\n"
+    atomic_write(out / NO_WEIGHTS, lambda p: p.write_text(text))
+    write_json(
+        out / RUN_INFO,
+        {**_run_info(cfg, method, device), "status": "complete", "train_wall_time_s": 0.0},
+    )
+    log.info(text.strip() + "; no weights written")
+    return {"step": 0, "n_parameters": 0, "out": str(out)}
+
+
+def optimisation_step(
+    method: Method,
+    optimizer: torch.optim.Optimizer,
+    x0: Tensor,
+    generator: torch.Generator,
+    params: list[torch.nn.Parameter],
+    grad_clip: float,
+) -> Tensor:
+    """One step: loss on x0, backward, clip the gradient norm, optimiser step; the loss."""
+    loss = method.loss(x0, generator)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    optimizer.step()
+    return loss.detach()
+
+
+def _loop(cfg, st: TrainState, out: Path, log, tty: bool, stop_after, wb) -> dict[str, Any]:
+    """The optimisation steps from st.step to cfg.steps (or ``stop_after``)."""
+    from tqdm import tqdm
+
+    net = st.method.net
+    params = list(net.parameters())
+    stream = DataStream(st.method.dataset, cfg.batch_size, st.data_gen)
+    bar = tqdm(total=cfg.steps, initial=st.step, disable=not tty, dynamic_ncols=True)
+    losses: list[Tensor] = []
+    mark_step, mark_time, last = st.step, time.perf_counter(), float("nan")
+    net.train()
+    while st.step < cfg.steps and (stop_after is None or st.step < stop_after):
+        loss = optimisation_step(
+            st.method, st.optimizer, stream.next(), st.noise_gen, params, cfg.grad_clip
+        )
+        st.scheduler.step()
+        st.ema.update(st.step)
+        st.step += 1
+        losses.append(loss)
+        bar.update(1)
+        is_log = st.step % cfg.log_every == 0 or st.step == cfg.steps
+        if is_log or st.step % cfg.checkpoint_every == 0:
+            now = time.perf_counter()
+            st.elapsed += now - mark_time
+            vals = _check_finite(losses, st.step - len(losses) + 1, cfg)
+            last = sum(vals) / len(vals)
+            sps = (st.step - mark_step) / max(now - mark_time, 1e-9)
+            row = {
+                "step": st.step,
+                "loss": last,
+                "lr": st.optimizer.param_groups[0]["lr"],
+                "steps_per_s": sps,
+                "wall_time": st.elapsed,
+            }
+            _append_history(out / HISTORY, row)
+            wb.log(row)
+            bar.set_postfix(loss=f"{last:.4g}", it_s=f"{sps:.1f}")
+            log.info(
+                f"step {st.step}/{cfg.steps} loss {last:.5g} lr {row['lr']:.3g} {sps:.1f} steps/s"
+            )
+            if st.step % cfg.checkpoint_every == 0 or st.step == cfg.steps:
+                save_checkpoint(out / CHECKPOINT, cfg, st)
+            losses, mark_step, mark_time = [], st.step, time.perf_counter()
+    bar.close()
+    if st.step == cfg.steps and not (out / CHECKPOINT).exists():
+        save_checkpoint(out / CHECKPOINT, cfg, st)  # steps == 0
+    steps_per_s = st.step / st.elapsed if st.elapsed > 0 else float("nan")
+    return {"step": st.step, "final_loss": last, "steps_per_s": steps_per_s}
