@@ -1,0 +1,435 @@
+"""Drivers of experiments A, B, C: measured points (curve rows) and fitted slopes (slope rows)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from madbench.rate_separation.anatomy import (
+    AnatomyTarget,
+    mean_abs_gaussian_norm,
+    predicted_anatomy_slope,
+    score_anatomy,
+)
+from madbench.rate_separation.oracle import stationary_oracle
+from madbench.rate_separation.stats import (
+    bootstrap_mean_slope,
+    bootstrap_slope,
+    circle_w1_samples,
+    histogram_tv,
+    loglog_slope,
+)
+from madbench.rate_separation.tempering import positive_sqrt, tempering_point
+from madbench.rate_separation.tolerance import SamplerConfig, predicted_slope, tolerance_point
+
+
+@dataclass
+class Config:
+    """Grids and sizes; ``QUICK`` for CI, ``FULL`` for the published curves."""
+
+    anatomy_sigmas: list = field(default_factory=lambda: list(np.logspace(-3, -1, 9)))
+    offset_sigmas: list = field(default_factory=lambda: list(np.logspace(-3, -1.7, 6)))
+    offset: float = 0.2
+    anatomy_n: int = 20000
+    oracle_sigmas: list = field(default_factory=lambda: list(np.logspace(-3, -1, 9)))
+    oracle_alphas: tuple = (0.0, 0.5, 1.0)
+    normal_betas: tuple = (-2.5, -2.0, -1.75, -1.5, -1.0, -0.5, 0.0, 1.0)
+    tangential_betas: tuple = (-1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0, 3.0)
+    c: float = 1.0
+    oracle_grid: tuple = (1024, 2000)  # (n_theta, n_r)
+    langevin_sigmas: list = field(default_factory=lambda: [0.05, 0.08, 0.13, 0.2, 0.3])
+    langevin_cases: tuple = (
+        (0.0, "none", 0.0),
+        (0.0, "normal", -1.5),
+        (0.0, "normal", -2.0),
+        (0.0, "normal", -2.5),
+        (0.0, "tangential", 0.0),
+        (0.0, "tangential", 1.0),
+        (0.0, "tangential", -0.5),
+        (1.0, "none", 0.0),
+        (1.0, "tangential_orth", 0.0),
+        (1.0, "tangential_orth", -0.5),
+        (0.5, "none", 0.0),
+    )
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    tempering_sigmas: list = field(default_factory=lambda: [0.3, 0.16, 0.08, 0.04])
+    tempering_alpha: float = 1.0
+    tempering_n: int = 4096
+    n_boot: int = 500
+    seed: int = 0
+
+
+QUICK = Config(
+    anatomy_sigmas=list(np.logspace(-3, -1, 5)),
+    offset_sigmas=list(np.logspace(-3, -1.7, 3)),
+    anatomy_n=2000,
+    oracle_sigmas=list(np.logspace(-3, -1, 5)),
+    oracle_alphas=(0.0, 1.0),
+    oracle_grid=(256, 600),
+    normal_betas=(-2.5, -2.0, -1.5, -1.0, 0.0),
+    tangential_betas=(-0.5, 0.0, 1.0, 2.0),
+    langevin_sigmas=[0.1, 0.2, 0.3],
+    langevin_cases=((0.0, "none", 0.0), (0.0, "tangential", 0.0), (1.0, "none", 0.0)),
+    sampler=SamplerConfig(n_chains=512, t_burn=2.0, t_collect=2.0, n_snapshots=5, n_bins=32),
+    tempering_sigmas=[0.3, 0.15],
+    tempering_n=512,
+    n_boot=100,
+)
+FULL = Config()
+
+
+def _row(**kw) -> dict:
+    base = dict(
+        manifold="circle",
+        family="",
+        quantity="",
+        score="exact",
+        alpha=0.0,
+        beta=np.nan,
+        error_type="none",
+        c=0.0,
+        sigma=np.nan,
+        value=np.nan,
+        se=np.nan,
+        source="",
+    )
+    base.update(kw)
+    return base
+
+
+def _slope_row(fit_slope, lo, hi, pred, **kw) -> dict:
+    r = dict(
+        manifold="circle",
+        family="",
+        quantity="",
+        score="exact",
+        alpha=0.0,
+        beta=np.nan,
+        error_type="none",
+        slope=fit_slope,
+        ci_low=lo,
+        ci_high=hi,
+        predicted=pred,
+    )
+    r.update(kw)
+    return r
+
+
+def run_anatomy(target: AnatomyTarget, cfg: Config, generator: torch.Generator):
+    """Curve rows and slope rows of experiment A for one target (both families)."""
+    curves, slopes = [], []
+    finite = target.to_tangent is None
+    for fam, sig, off in (
+        ("anatomy", cfg.anatomy_sigmas, None),
+        ("anatomy_offset", cfg.offset_sigmas, cfg.offset),
+    ):
+        res = score_anatomy(target, sig, cfg.anatomy_n, offset=off, generator=generator)
+        for score, parts in res.items():
+            for part, arr in parts.items():
+                if finite and part == "tangent":
+                    continue
+                m, se = arr.mean(1), arr.std(1) / math.sqrt(arr.shape[1])
+                for s, v, e in zip(sig, m, se, strict=True):
+                    curves.append(
+                        _row(
+                            manifold=target.name,
+                            family=fam,
+                            quantity=part,
+                            score=score,
+                            sigma=s,
+                            value=v,
+                            se=e,
+                            source="exact"
+                            if score in ("exact", "base", "remainder")
+                            else "learned",
+                        )
+                    )
+                kw = dict(
+                    manifold=target.name,
+                    family=fam,
+                    quantity=part,
+                    score=score,
+                    source="bootstrap",
+                    sigma_min=min(sig),
+                    sigma_max=max(sig),
+                )
+                if np.all(m > 0):
+                    fit = bootstrap_mean_slope(sig, list(arr), cfg.n_boot, cfg.seed)
+                    pred = predicted_anatomy_slope(score, part, off is not None, finite)
+                    slopes.append(_slope_row(fit.slope, fit.ci_low, fit.ci_high, pred, **kw))
+        if off is None and "exact" in res:
+            const = sig[0] * res["exact"]["normal"][0].mean()
+            slopes.append(
+                _slope_row(
+                    const,
+                    np.nan,
+                    np.nan,
+                    mean_abs_gaussian_norm(target.codim),
+                    manifold=target.name,
+                    family=fam,
+                    quantity="sigma_times_normal_at_min_sigma",
+                    score="exact",
+                    source="constant",
+                    sigma_min=sig[0],
+                    sigma_max=sig[0],
+                )
+            )
+    return curves, slopes
+
+
+def _oracle_cases(cfg: Config):
+    for a in cfg.oracle_alphas:
+        yield a, "none", np.nan
+        for b in cfg.normal_betas:
+            yield a, "normal", b
+        for b in cfg.tangential_betas:
+            yield a, "tangential", b
+            yield a, "tangential_orth", b
+
+
+def run_oracle(cfg: Config):
+    """Quadrature curves and exact (CI-free) slopes for every oracle case."""
+    curves, slopes = [], []
+    sig = cfg.oracle_sigmas
+    for a, et, b in _oracle_cases(cfg):
+        c = 0.0 if et == "none" else cfg.c
+        nt, nr = cfg.oracle_grid
+        rs = [
+            stationary_oracle(s, a, 0.0 if et == "none" else b, c, et, n_theta=nt, n_r=nr)
+            for s in sig
+        ]
+        for q in ("dist", "tv", "w1"):
+            vals = [getattr(r, q) for r in rs]
+            for s, v in zip(sig, vals, strict=True):
+                curves.append(
+                    _row(
+                        family="tolerance",
+                        quantity=q,
+                        alpha=a,
+                        beta=b,
+                        error_type=et,
+                        c=c,
+                        sigma=s,
+                        value=v,
+                        se=0.0,
+                        source="oracle",
+                    )
+                )
+            sl = loglog_slope(sig[:3], vals[:3])[0] if min(vals) > 0 else np.nan
+            slopes.append(
+                _slope_row(
+                    sl,
+                    np.nan,
+                    np.nan,
+                    predicted_slope(q, a, b if b == b else 0, et),
+                    family="tolerance",
+                    quantity=q,
+                    alpha=a,
+                    beta=b,
+                    error_type=et,
+                    c=c,
+                    source="oracle",
+                    sigma_min=sig[0],
+                    sigma_max=sig[2],
+                )
+            )
+    return curves, slopes
+
+
+def _tv_stat(ref_bins):
+    return lambda th: histogram_tv(torch.from_numpy(th), ref_bins)
+
+
+def _w1_stat(ref_cdf, grid):
+    return lambda th: circle_w1_samples(torch.from_numpy(th), ref_cdf, grid)
+
+
+def run_langevin_curves(cfg: Config, log=print):
+    """Sampled tolerance curves (two starts) with chain-bootstrap slopes; returns rows and a
+    stationarity table (max |start difference| / combined SE for dist, absolute for W1)."""
+    curves, slopes, checks = [], [], []
+    sig = cfg.langevin_sigmas
+    for a, et, b in cfg.langevin_cases:
+        c = 0.0 if et == "none" else cfg.c
+        bb = b if et != "none" else np.nan
+        per = {"data": [], "far": []}
+        orc = {"dist": [], "tv": [], "w1": []}
+        for s in sig:
+            out = tolerance_point(s, a, et, b, c, cfg.sampler, seed=cfg.seed)
+            log(
+                f"  langevin alpha={a} {et} beta={b} sigma={s:.3g}: "
+                f"{out['data']['n_steps']} steps, "
+                f"dist {out['data']['dist'].mean():.4g} (oracle {out['oracle']['dist']:.4g}), "
+                f"w1 {out['data']['w1']:.4g} (oracle {out['oracle']['w1']:.4g})"
+            )
+            for start in ("data", "far"):
+                o = out[start]
+                d = o["dist"]
+                common = dict(
+                    family="tolerance",
+                    alpha=a,
+                    beta=bb,
+                    error_type=et,
+                    c=c,
+                    sigma=s,
+                    source=f"langevin_{start}",
+                )
+                curves.append(
+                    _row(quantity="dist", value=d.mean(), se=d.std() / math.sqrt(d.size), **common)
+                )
+                curves.append(_row(quantity="tv", value=o["tv"], **common))
+                curves.append(_row(quantity="w1", value=o["w1"], **common))
+                per[start].append(o)
+            curves.append(
+                _row(
+                    family="tolerance",
+                    quantity="tv_binned",
+                    alpha=a,
+                    beta=bb,
+                    error_type=et,
+                    c=c,
+                    sigma=s,
+                    value=out["oracle"]["tv_binned"],
+                    source="oracle_binned",
+                )
+            )
+            for q in orc:
+                orc[q].append(out["oracle"][q])
+            dd, df = out["data"]["dist"], out["far"]["dist"]
+            z = abs(dd.mean() - df.mean()) / math.sqrt(dd.var() / dd.size + df.var() / df.size)
+            checks.append(
+                dict(
+                    alpha=a,
+                    error_type=et,
+                    beta=bb,
+                    sigma=s,
+                    dist_z=z,
+                    w1_diff=abs(out["data"]["w1"] - out["far"]["w1"]),
+                    dist_rel_to_oracle=dd.mean() / out["oracle"]["dist"] - 1,
+                )
+            )
+        ref_bins, ref_cdf, grid = out["ref_bins"], out["ref_cdf"], out["grid"]
+        for start, os_ in per.items():
+            osl = {q: loglog_slope(sig, v)[0] if min(v) > 0 else np.nan for q, v in orc.items()}
+            kw = dict(
+                family="tolerance",
+                alpha=a,
+                beta=bb,
+                error_type=et,
+                c=c,
+                source=f"langevin_{start}",
+                sigma_min=min(sig),
+                sigma_max=max(sig),
+            )
+            fit = bootstrap_mean_slope(sig, [o["dist"] for o in os_], cfg.n_boot, cfg.seed)
+            slopes.append(
+                _slope_row(
+                    fit.slope,
+                    fit.ci_low,
+                    fit.ci_high,
+                    predicted_slope("dist", a, b, et),
+                    quantity="dist",
+                    oracle_slope_same_sigmas=osl["dist"],
+                    **kw,
+                )
+            )
+            for q, stat in (("tv", _tv_stat(ref_bins)), ("w1", _w1_stat(ref_cdf, grid))):
+                try:
+                    fit = bootstrap_slope(
+                        sig, [o["theta"] for o in os_], stat, max(cfg.n_boot // 5, 50), cfg.seed
+                    )
+                    vals = (fit.slope, fit.ci_low, fit.ci_high)
+                except ValueError:
+                    vals = (np.nan, np.nan, np.nan)
+                slopes.append(
+                    _slope_row(
+                        *vals,
+                        predicted_slope(q, a, b, et),
+                        quantity=q,
+                        oracle_slope_same_sigmas=osl[q],
+                        **kw,
+                    )
+                )
+    return curves, slopes, checks
+
+
+def run_tempering(targets: dict, cfg: Config, extra_scores: dict | None = None, log=print):
+    """Experiment C: moment-MMD of tempered Langevin to uniform against sigma, per target and
+    score ('exact' plus any learned full scores in ``extra_scores[target]``)."""
+    curves, slopes = [], []
+    a = cfg.tempering_alpha
+    for name, (tg, sample_uniform) in targets.items():
+        g = torch.Generator().manual_seed(cfg.seed + 17)
+        ref = sample_uniform(cfg.tempering_n + 50000, g).double()
+        scores = {"exact": tg.scores["exact"], **(extra_scores or {}).get(name, {})}
+        for sname, f in scores.items():
+            vals = []
+            for s in cfg.tempering_sigmas:
+                o = tempering_point(
+                    f,
+                    tg.sample,
+                    tg.project,
+                    ref,
+                    s,
+                    a,
+                    cfg.tempering_n,
+                    cfg.sampler.step_frac,
+                    seed=cfg.seed,
+                    dtype=torch.float64 if name in ("so3",) else torch.float32,
+                )
+                log(
+                    f"  tempering {name} {sname} sigma={s:.3g}: mmd2 {o['mmd2']:.3g} "
+                    f"(floor {o['mmd2_floor']:.3g}, data {o['mmd2_data']:.3g}), "
+                    f"{o['n_steps']} steps"
+                )
+                common = dict(manifold=name, family="tempering", score=sname, alpha=a, sigma=s)
+                curves.append(
+                    _row(
+                        quantity="moment_mmd",
+                        value=positive_sqrt(o["mmd2"]),
+                        source="langevin_data",
+                        **common,
+                    )
+                )
+                curves.append(
+                    _row(
+                        quantity="moment_mmd_floor",
+                        value=positive_sqrt(o["mmd2_floor"]),
+                        source="uniform",
+                        **common,
+                    )
+                )
+                curves.append(
+                    _row(
+                        quantity="moment_mmd_data",
+                        value=positive_sqrt(o["mmd2_data"]),
+                        source="data",
+                        **common,
+                    )
+                )
+                curves.append(
+                    _row(quantity="dist", value=o["dist"], source="langevin_data", **common)
+                )
+                vals.append(positive_sqrt(o["mmd2"]))
+            ok = np.isfinite(vals).all()
+            sl = loglog_slope(cfg.tempering_sigmas, vals)[0] if ok else np.nan
+            slopes.append(
+                _slope_row(
+                    sl,
+                    np.nan,
+                    np.nan,
+                    a,
+                    manifold=name,
+                    family="tempering",
+                    quantity="moment_mmd",
+                    score=sname,
+                    alpha=a,
+                    source="langevin_data",
+                    sigma_min=min(cfg.tempering_sigmas),
+                    sigma_max=max(cfg.tempering_sigmas),
+                )
+            )
+    return curves, slopes
