@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 CORES   ?= 2
 STAMP   := $(VENV)/.installed
 
-.PHONY: quick test test-slow lint bench full clean-results
+.PHONY: quick test test-slow lint bench full clean-results browser
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -21,12 +21,22 @@ quick: $(STAMP)
 full: $(STAMP)
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake --cores $(CORES) --configfile config/config.yaml
 
+## browser: Debian's chromium + chromedriver for the dashboard's browser tests (if missing;
+## needs root and apt-get; without them those tests skip with a message saying what to install)
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing chromium and chromium-driver (dashboard browser tests)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    chromium chromium-driver >/dev/null; \
+	else echo "note: chromium/chromedriver missing and not root: browser tests will skip"; fi
+
 ## test: the fast test tier (what CI runs)
-test: $(STAMP)
+test: $(STAMP) browser
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest -m "not slow" -q
 
 ## test-slow: statistical and learning tests (minutes to tens of minutes on 2 cores)
-test-slow: $(STAMP)
+test-slow: $(STAMP) browser
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest -m slow -q
 
 lint: $(STAMP)
@@ -36,3 +46,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_base_score.py
 	$(BIN)/python benchmarks/bench_train.py
+
+## clean-results: delete everything the pipeline wrote under results/ (keeps results/README.md)
+clean-results:
+	find results -mindepth 1 -maxdepth 1 ! -name README.md -exec rm -rf {} +

@@ -1,0 +1,440 @@
+"""Tables from run directories: one row per run, and means with 95 % Student-t intervals.
+
+Input: the final status file of every run (``RUN/status/evaluate.json``, written by the
+pipeline whatever happened), and beside it, when present, ``metrics.json`` (a flat dict of
+scalars), ``run_info.json`` and ``history.csv``. A run is *ok* when its status says so and its
+metrics.json exists; every other run is *failed*, keeps its row and is counted in the tables.
+
+Statistics: over the ok seeds of one (dataset, schedule, method), mean +- t_{0.975, n-1} s/sqrt(n)
+(s the sample standard deviation); with one seed the interval is undefined (NaN, shown as the
+mean alone).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from madbench._utils import atomic_write
+
+COORDS = ["dataset", "family", "schedule", "method", "seed"]
+STATUS_COLS = ["status", "failed_stage", "error", "attempt", "run_dir"]
+#: metrics.json keys that repeat the run's coordinates or describe it (not metrics).
+NON_METRIC_KEYS = {"seed", "dataset", "method", "schedule", "manifold"}
+#: Headline metrics shown in the family tables when present, in this order.
+HEADLINE = [
+    "nll",
+    "dist_mean",
+    "w1",
+    "w2",
+    "mmd2_h0.3",
+    "tv",
+    "kl",
+    "marginal_mae",
+    "correlation_mae",
+    "angle_ks",
+    "score_error_integral",
+    "normalisation",
+]
+#: Label of the noise-floor row: each distributional metric between two data samples.
+FLOOR_ROW = "(data vs data: noise floor)"
+#: Cost columns (metrics.json keys or derived columns), in this order.
+COST = [
+    "train_steps",
+    "train_steps_per_s",
+    "train_wall_time_s",
+    "sample_time_per_1000_s",
+    "nll_nfe",
+    "eval_wall_time_s",
+    "eval_peak_rss_mb",
+    "bench.train_max_rss_mb",
+    "bench.train_s",
+    "bench.sample_s",
+    "bench.evaluate_s",
+]
+FAMILY_PREFIXES = {
+    "toy": "discrete",
+    "onehot": "discrete",
+    "hypercube": "discrete",
+    "sphere": "sphere",
+    "s2": "sphere",
+    "so3": "so3",
+    "earth": "earth",
+    "circle": "torus",
+    "torus": "torus",
+}
+EARTH_COLUMNS = {
+    "earth_volcano": "Volcano",
+    "earth_earthquake": "Earthquake",
+    "earth_flood": "Flood",
+    "earth_fire": "Fire",
+}
+#: Earth test NLL in nats (lower is better) as published (SCIENCE.md section 6; each paper's
+#: own split): method -> (Volcano, Earthquake, Flood, Fire).
+PUBLISHED_EARTH_NLL = {
+    "uniform on S^2": ("2.531", "2.531", "2.531", "2.531"),
+    "Mixture of Kent": ("-0.80 ± 0.47", "0.33 ± 0.05", "0.73 ± 0.07", "1.18 ± 0.06"),
+    "Moser flow": ("-4.21 ± 0.17", "-0.16 ± 0.06", "0.57 ± 0.10", "-1.28 ± 0.05"),
+    "RSGM": ("-4.92 ± 0.25", "-0.19 ± 0.07", "0.45 ± 0.17", "-1.33 ± 0.06"),
+    "RDM (Huang et al.)": ("-6.61 ± 0.97", "-0.40 ± 0.05", "0.43 ± 0.07", "-1.38 ± 0.05"),
+    "RFM": ("-7.93 ± 1.67", "-0.28 ± 0.08", "0.42", "-1.86 ± 0.11"),
+}
+
+
+def dataset_family(name: str) -> str:
+    """Table family of a dataset name: discrete, sphere, so3, earth, torus, else the prefix."""
+    prefix = name.split("_")[0]
+    return FAMILY_PREFIXES.get(prefix, prefix)
+
+
+# --------------------------------------------------------------------------------------------
+# One row per run
+# --------------------------------------------------------------------------------------------
+
+
+def read_json(path: Path) -> dict | None:
+    """The JSON object in ``path``, or None if it is missing or unreadable."""
+    try:
+        value = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def flatten(d: dict, prefix: str) -> dict:
+    """{'a': {'b': 1}} -> {prefix + 'a.b': 1}; lists become JSON strings."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = json.dumps(v) if isinstance(v, list) else v
+    return out
+
+
+def history_summary(run: Path) -> dict:
+    """Final loss, steps/s and wall time from history.csv (empty if there is none)."""
+    try:
+        h = pd.read_csv(run / "history.csv")
+    except (OSError, ValueError, pd.errors.EmptyDataError):
+        return {}
+    if h.empty:
+        return {}
+    last = h.iloc[-1]
+    out = {f"hist.{c}": float(last[c]) for c in ("step", "loss", "wall_time") if c in h}
+    if "steps_per_s" in h:
+        out["hist.steps_per_s"] = float(h["steps_per_s"].median())
+    return out
+
+
+def benchmark_summary(bench_root: Path | None, pattern: str) -> dict:
+    """Seconds and peak RSS (MB) of each stage from Snakemake's benchmark files."""
+    out: dict[str, float] = {}
+    for stage in ("train", "sample", "evaluate"):
+        path = None if bench_root is None else bench_root / stage / f"{pattern}.tsv"
+        if path is None or not path.exists():
+            continue
+        b = pd.read_csv(path, sep="\t")
+        out[f"bench.{stage}_s"] = float(b["s"].iloc[-1])
+        if "max_rss" in b and pd.notna(b["max_rss"].iloc[-1]):
+            out[f"bench.{stage}_max_rss_mb"] = float(b["max_rss"].iloc[-1])
+    return out
+
+
+def run_row(status_path: Path, bench_root: Path | None = None) -> dict:
+    """One table row: coordinates, status, run_info (info.*), history (hist.*), metrics."""
+    status = read_json(status_path) or {"status": "failed", "error": "unreadable status file"}
+    run = Path(status.get("run_dir", status_path.parent.parent))
+    row = {k: status.get(k) for k in ("dataset", "schedule", "method", "seed")}
+    row.update({k: status.get(k) for k in STATUS_COLS}, run_dir=str(run))
+    row["family"] = dataset_family(str(row["dataset"]))
+    metrics = read_json(run / "metrics.json")
+    if row["status"] == "ok" and metrics is None:
+        row.update(status="failed", failed_stage="evaluate", error="metrics.json missing")
+    pattern = "/".join(run.parts[-4:])
+    row.update(flatten(read_json(run / "run_info.json") or {}, "info."))
+    row.update(history_summary(run))
+    row.update(benchmark_summary(bench_root, pattern))
+    for k, v in (metrics or {}).items():
+        if k not in NON_METRIC_KEYS:
+            row[k if k not in row else f"metric.{k}"] = v
+    return row
+
+
+def collect_runs(
+    status_paths: Iterable[str | Path], bench_root: Path | None = None
+) -> pd.DataFrame:
+    """A DataFrame with one row per run, sorted by its coordinates."""
+    rows = [run_row(Path(p), bench_root) for p in status_paths]
+    df = pd.DataFrame(rows)
+    for col in COORDS + STATUS_COLS:
+        if col not in df:
+            df[col] = None
+    front = COORDS + STATUS_COLS
+    df = df[front + [c for c in df.columns if c not in front]]
+    return df.sort_values(["family", "dataset", "schedule", "method", "seed"]).reset_index(
+        drop=True
+    )
+
+
+def metric_columns(df: pd.DataFrame) -> list[str]:
+    """Numeric, non-boolean metric columns (not coordinates, status, info.* or hist.*)."""
+    skip = set(COORDS + STATUS_COLS)
+    cols = []
+    for c in df.columns:
+        if c in skip or c.startswith(("info.", "hist.", "bench.")) or df[c].dtype == bool:
+            continue
+        values = pd.to_numeric(df[c], errors="coerce")
+        if values.notna().any() and df[c].dropna().map(lambda v: not isinstance(v, bool)).all():
+            cols.append(c)
+    return cols
+
+
+# --------------------------------------------------------------------------------------------
+# Statistics
+# --------------------------------------------------------------------------------------------
+
+
+def t_interval(values: Iterable[float], level: float = 0.95) -> dict:
+    """n, mean, std and the Student-t interval of the mean of the finite ``values``."""
+    x = np.asarray([v for v in values if v is not None], dtype=float)
+    x = x[np.isfinite(x)]
+    n = len(x)
+    if n == 0:
+        return {"n": 0, "mean": math.nan, "std": math.nan, "ci_low": math.nan, "ci_high": math.nan}
+    mean = float(x.mean())
+    if n == 1:
+        return {"n": 1, "mean": mean, "std": math.nan, "ci_low": math.nan, "ci_high": math.nan}
+    std = float(x.std(ddof=1))
+    half = float(stats.t.ppf(0.5 + level / 2, n - 1)) * std / math.sqrt(n)
+    return {"n": n, "mean": mean, "std": std, "ci_low": mean - half, "ci_high": mean + half}
+
+
+def summarize(df: pd.DataFrame, metrics: list[str] | None = None) -> pd.DataFrame:
+    """Long table: one row per (dataset, schedule, method, metric) over the ok seeds."""
+    metrics = metric_columns(df) if metrics is None else metrics
+    keys = ["family", "dataset", "schedule", "method"]
+    rows = []
+    for key, group in df.groupby(keys, sort=True):
+        ok = group[group["status"] == "ok"]
+        base = dict(zip(keys, key, strict=True), n_runs=len(group), n_failed=len(group) - len(ok))
+        for m in metrics:
+            vals = pd.to_numeric(ok[m], errors="coerce") if m in ok else []
+            rows.append({**base, "metric": m, **t_interval(vals)})
+        if not metrics:
+            rows.append({**base, "metric": None, **t_interval([])})
+    return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------------------------
+# Formatting
+# --------------------------------------------------------------------------------------------
+
+
+def fmt_mean_ci(mean: float, low: float, high: float) -> str:
+    """'1.23 ± 0.04' (half-width of the interval), the mean alone without an interval, or '–'."""
+    if not np.isfinite(mean):
+        return "–"
+    if not (np.isfinite(low) and np.isfinite(high)):
+        return f"{mean:.3g}"
+    return f"{mean:.3g} ± {(high - low) / 2:.2g}"
+
+
+def runs_label(n_runs: int, n_failed: int) -> str:
+    """'5' when every seed finished, '3/5 (2 FAILED)' otherwise."""
+    return f"{n_runs}" if n_failed == 0 else f"{n_runs - n_failed}/{n_runs} ({n_failed} FAILED)"
+
+
+def headline_metrics(available: Iterable[str]) -> list[str]:
+    """The curated headline metrics present, in HEADLINE order; all of them if none is."""
+    available = list(available)
+    chosen = [m for m in HEADLINE if m in available]
+    return chosen or available
+
+
+def wide_table(summary: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
+    """dataset, schedule, method, seeds, then one 'mean ± half-width' column per metric."""
+    keys = ["dataset", "schedule", "method"]
+    rows = []
+    for key, g in summary.groupby(keys, sort=True):
+        row = dict(zip(keys, key, strict=True))
+        row["seeds"] = runs_label(int(g["n_runs"].iloc[0]), int(g["n_failed"].iloc[0]))
+        by_metric = g.set_index("metric")
+        for m in metrics:
+            r = by_metric.loc[m] if m in by_metric.index else None
+            row[m] = "–" if r is None else fmt_mean_ci(r["mean"], r["ci_low"], r["ci_high"])
+        rows.append(row)
+    # One noise-floor row per dataset and schedule: what a perfect model scores (metrics.json's
+    # floor_<metric>, the same for every method of a dataset and seed).
+    floors = summary[summary["metric"].fillna("").str.startswith("floor_")]
+    for (dataset, schedule), g in floors.groupby(["dataset", "schedule"], sort=True):
+        first = g[g["method"] == g["method"].iloc[0]].set_index("metric")
+        row = {"dataset": dataset, "schedule": schedule, "method": FLOOR_ROW, "seeds": ""}
+        for m in metrics:
+            r = first.loc[f"floor_{m}"] if f"floor_{m}" in first.index else None
+            row[m] = "" if r is None else fmt_mean_ci(r["mean"], r["ci_low"], r["ci_high"])
+        rows.append(row)
+    df = pd.DataFrame(rows, columns=keys + ["seeds"] + metrics)
+    return df.sort_values(["dataset", "schedule"], kind="stable").reset_index(drop=True)
+
+
+def to_markdown(df: pd.DataFrame) -> str:
+    """A GitHub-flavoured Markdown table of the string values of ``df``."""
+    cells = [[str(v).replace("|", "\\|") for v in row] for row in df.itertuples(index=False)]
+    lines = ["| " + " | ".join(map(str, df.columns)) + " |", "|" + "---|" * len(df.columns)]
+    lines += ["| " + " | ".join(r) + " |" for r in cells]
+    return "\n".join(lines) + "\n"
+
+
+def latex_escape(text: str) -> str:
+    """Escape LaTeX specials; ± becomes $\\pm$."""
+    for a, b in (
+        ("\\", r"\textbackslash{}"),
+        ("_", r"\_"),
+        ("%", r"\%"),
+        ("&", r"\&"),
+        ("#", r"\#"),
+        ("^", r"\^{}"),
+        ("~", r"\~{}"),
+    ):
+        text = text.replace(a, b)
+    return text.replace("±", r"$\pm$").replace("–", "--")
+
+
+def to_latex(df: pd.DataFrame, caption: str) -> str:
+    """A booktabs table (needs \\usepackage{booktabs})."""
+    head = " & ".join(latex_escape(str(c)) for c in df.columns) + r" \\"
+    body = [
+        " & ".join(latex_escape(str(v)) for v in row) + r" \\" for row in df.itertuples(index=False)
+    ]
+    return "\n".join(
+        [
+            r"\begin{table}[t]",
+            r"\centering",
+            rf"\caption{{{latex_escape(caption)}}}",
+            r"\begin{tabular}{" + "l" * len(df.columns) + "}",
+            r"\toprule",
+            head,
+            r"\midrule",
+            *body,
+            r"\bottomrule",
+            r"\end{tabular}",
+            r"\end{table}",
+            "",
+        ]
+    )
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically."""
+    atomic_write(path, lambda p: p.write_text(text))
+
+
+def write_csv(path: Path, df: pd.DataFrame) -> None:
+    """Write ``df`` as CSV atomically."""
+    atomic_write(path, lambda p: df.to_csv(p, index=False))
+
+
+def write_formats(stem: Path, csv: pd.DataFrame, shown: pd.DataFrame, caption: str) -> None:
+    """stem.csv (``csv``), stem.md and stem.tex (``shown``, the formatted table)."""
+    write_csv(stem.with_suffix(".csv"), csv)
+    write_text(stem.with_suffix(".md"), f"{caption}\n\n{to_markdown(shown)}")
+    write_text(stem.with_suffix(".tex"), to_latex(shown, caption))
+
+
+# --------------------------------------------------------------------------------------------
+# The tables
+# --------------------------------------------------------------------------------------------
+
+T_NOTE = "mean ± half-width of the 95 % Student-t interval over seeds"
+
+
+def family_table(summary: pd.DataFrame, family: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(long CSV rows, formatted wide table of the headline metrics) of one family."""
+    long = summary[summary["family"] == family].reset_index(drop=True)
+    present = [m for m in long["metric"].dropna().unique() if long.loc[long.metric == m, "n"].sum()]
+    return long, wide_table(long, headline_metrics(present))
+
+
+def cost_table(runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(per-run cost CSV, formatted means per dataset/schedule/method) with the device."""
+    cols = [c for c in COST if c in runs]
+    device = next((c for c in ("info.device", "info.device_name") if c in runs), None)
+    per_run = runs[COORDS + ["status"] + ([device] if device else []) + cols]
+    summary = summarize(runs, cols)
+    shown = wide_table(summary, cols) if cols else summary
+    if device and not shown.empty:
+        devices = runs.groupby(["dataset", "schedule", "method"])[device].agg(
+            lambda s: ", ".join(sorted({str(v) for v in s.dropna()}))
+        )
+        shown = shown.merge(devices.rename("device").reset_index(), how="left")
+    return per_run, shown
+
+
+def nll_key(summary: pd.DataFrame) -> str | None:
+    """The on-manifold NLL metric of the earth runs ('nll', else any key holding 'nll')."""
+    keys = list(summary["metric"].dropna().unique())
+    if "nll" in keys:
+        return "nll"
+    return next((k for k in keys if "nll" in k and "ambient" not in k), None)
+
+
+def earth_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """Our earth test NLL (method, schedule) rows beside the published rows (marked)."""
+    names = list(EARTH_COLUMNS.values())
+    rows = [
+        {"method": m, "source": "published", **dict(zip(names, v, strict=True))}
+        for m, v in PUBLISHED_EARTH_NLL.items()
+    ]
+    earth = summary[summary["dataset"].isin(list(EARTH_COLUMNS))]
+    key = nll_key(earth) if not earth.empty else None
+    if key is not None:
+        ours = earth[earth["metric"] == key]
+        for (method, sched), g in ours.groupby(["method", "schedule"], sort=True):
+            row = {"method": f"{method} ({sched})", "source": f"ours ({key})"}
+            for r in g.itertuples():
+                label = fmt_mean_ci(r.mean, r.ci_low, r.ci_high)
+                row[EARTH_COLUMNS[r.dataset]] = label + (" [FAILED runs]" if r.n_failed else "")
+            rows.append(row)
+    return pd.DataFrame(rows, columns=["method", "source", *names]).fillna("–")
+
+
+def write_tables(
+    status_paths: Iterable[str | Path],
+    out_dir: str | Path,
+    families: Iterable[str],
+    bench_root: str | Path | None = None,
+    excluded: pd.DataFrame | None = None,
+) -> pd.DataFrame:
+    """Write runs.csv, summary.csv, FAMILY.{csv,md,tex}, cost.*, earth_nll.*, excluded.csv."""
+    out = Path(out_dir)
+    runs = collect_runs(status_paths, Path(bench_root) if bench_root else None)
+    summary = summarize(runs)
+    write_csv(out / "runs.csv", runs)
+    write_csv(out / "summary.csv", summary)
+    for fam in families:
+        long, shown = family_table(summary, fam)
+        write_formats(out / fam, long, shown, f"{fam}: {T_NOTE}")
+    per_run, shown = cost_table(runs)
+    write_formats(out / "cost", per_run, shown, f"cost: {T_NOTE}")
+    write_formats(
+        out / "earth_nll",
+        earth_table(summary),
+        earth_table(summary),
+        "earth test NLL in nats (lower is better); 'published' rows are the papers' "
+        f"own numbers and splits (SCIENCE.md section 6), not ours; ours: {T_NOTE}",
+    )
+    excl = excluded if excluded is not None else pd.DataFrame(columns=["dataset", "method"])
+    write_csv(out / "excluded.csv", excl)
+    return runs
+
+
+def failed_runs(runs: pd.DataFrame) -> pd.DataFrame:
+    """The rows of runs whose status is not ok."""
+    return runs[runs["status"] != "ok"]

@@ -1,0 +1,119 @@
+"""Configuration checks and the run grid of the Snakemake pipeline (used by workflow/rules).
+
+The config is validated in two steps: the JSON schema (workflow/schemas/config.schema.yaml,
+through ``snakemake.utils.validate``: types, required keys, non-negative steps), then
+:func:`check_config` (names against the madbench registries, sigma_min < sigma_max), each error
+naming the offending key. :func:`build_grid` expands datasets x schedules x methods x seeds and
+drops the method x dataset pairs that ``Method.check_supported`` rejects.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import functools
+import itertools
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+GRID_COLUMNS = ["dataset", "schedule", "method", "seed"]
+
+
+def registry_names() -> dict[str, list[str]]:
+    """Known names per config key, from the madbench registries."""
+    from madbench.data import list_datasets
+    from madbench.methods import list_methods
+    from madbench.schedules import list_schedules
+
+    return {
+        "grid.datasets": list_datasets(),
+        "grid.methods": list_methods(),
+        "grid.schedules": list_schedules(),
+        "schedule_params": list_schedules(),
+    }
+
+
+def check_names(cfg: dict[str, Any]) -> None:
+    """Raise ValueError naming the config key that holds a name no registry knows."""
+    given = {
+        "grid.datasets": cfg["grid"]["datasets"],
+        "grid.methods": cfg["grid"]["methods"],
+        "grid.schedules": cfg["grid"]["schedules"],
+        "schedule_params": list(cfg.get("schedule_params", {})),
+    }
+    for key, known in registry_names().items():
+        unknown = [n for n in given[key] if n not in known]
+        if unknown:
+            raise ValueError(
+                f"config key {key!r}: unknown name(s) {unknown}; known: {', '.join(known)}"
+            )
+
+
+def check_ranges(cfg: dict[str, Any]) -> None:
+    """Raise ValueError naming the key when sigma_min >= sigma_max or beta_min >= beta_max."""
+    for sched, params in cfg.get("schedule_params", {}).items():
+        for lo, hi in (("sigma_min", "sigma_max"), ("beta_min", "beta_max")):
+            if lo in params and hi in params and params[lo] >= params[hi]:
+                raise ValueError(
+                    f"config key 'schedule_params.{sched}.{lo}' ({params[lo]}) must be "
+                    f"below 'schedule_params.{sched}.{hi}' ({params[hi]})"
+                )
+
+
+def check_config(cfg: dict[str, Any], schema: str | Path = SCHEMA) -> None:
+    """The schema (snakemake.utils.validate, which also fills defaults), then names and ranges."""
+    from snakemake.utils import validate
+
+    validate(cfg, schema=str(schema))
+    check_names(cfg)
+    check_ranges(cfg)
+
+
+@functools.cache
+def unsupported_reason(method: str, dataset: str) -> str | None:
+    """None if ``method`` runs on ``dataset``, else the ValueError message of check_supported."""
+    from madbench.data import get_dataset
+    from madbench.methods import get_method
+
+    try:
+        get_method(method).check_supported(get_dataset(dataset))
+    except ValueError as err:
+        return str(err)
+    return None
+
+
+def build_grid(cfg: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(runs: dataset, schedule, method, seed) and (excluded: dataset, schedule, method, reason)."""
+    g = cfg["grid"]
+    runs, excluded = [], []
+    for d, s, m in itertools.product(g["datasets"], g["schedules"], g["methods"]):
+        reason = unsupported_reason(m, d)
+        if reason:
+            excluded.append({"dataset": d, "schedule": s, "method": m, "reason": reason})
+        else:
+            runs.extend(
+                {"dataset": d, "schedule": s, "method": m, "seed": int(k)} for k in g["seeds"]
+            )
+    grid = pd.DataFrame(runs, columns=GRID_COLUMNS).astype({"seed": int})
+    if grid.empty:
+        raise ValueError("config key 'grid': no method of grid.methods supports any dataset")
+    return grid, pd.DataFrame(excluded, columns=GRID_COLUMNS[:3] + ["reason"])
+
+
+def run_settings(cfg: dict[str, Any], dataset: str, schedule: str, method: str) -> tuple[int, dict]:
+    """Training steps and `--set` pairs of one run: train.*, schedule_params, then overrides.
+
+    Schedule parameters become ``schedule.KEY``; every override whose dataset, schedule and method
+    globs all match is applied in order (a later one wins).
+    """
+    steps, pairs = cfg["train"]["steps"], dict(cfg["train"].get("set", {}))
+    params = cfg.get("schedule_params", {}).get(schedule, {})
+    pairs.update({f"schedule.{k}": v for k, v in params.items()})
+    coords = {"dataset": dataset, "schedule": schedule, "method": method}
+    for o in cfg["train"].get("overrides", []):
+        if all(fnmatch.fnmatch(v, o.get(k, "*")) for k, v in coords.items()):
+            steps = o.get("steps", steps)
+            pairs.update(o.get("set", {}))
+    return steps, pairs

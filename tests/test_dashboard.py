@@ -1,0 +1,238 @@
+"""Aggregation tables and the static dashboard, on small fake run directories.
+
+The browser test opens the page in Debian's headless chromium through selenium (install with
+`apt-get install -y chromium chromium-driver`); it is skipped, with that reason, when either is
+missing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from madbench import aggregate as A
+from madbench.dashboard import build_dashboard
+
+METHODS = ("dsm", "mad", "oracle")
+SEEDS = (0, 1, 2)
+FAILED = ("toy", "mad", 2)  # (dataset, method, seed) of the run that fails at training
+
+
+def fake_run(root: Path, dataset: str, method: str, seed: int) -> Path:
+    """A run directory as the pipeline leaves it; returns its final status path."""
+    run = root / "runs" / f"dataset~{dataset}" / "schedule~ve" / f"method~{method}" / f"seed~{seed}"
+    (run / "status").mkdir(parents=True)
+    failed = (dataset, method, seed) == FAILED
+    status = {
+        "dataset": dataset,
+        "schedule": "ve",
+        "method": method,
+        "seed": seed,
+        "run_dir": str(run),
+        "attempt": 1,
+        "status": "failed" if failed else "ok",
+        "failed_stage": "train" if failed else None,
+        "error": "RuntimeError: loss is NaN at step 17" if failed else "",
+    }
+    (run / "status" / "evaluate.json").write_text(json.dumps(status))
+    if failed:
+        return run / "status" / "evaluate.json"
+    rng = np.random.default_rng(seed + 10 * METHODS.index(method))
+    (run / "config.yaml").write_text(f"dataset: {dataset}\nmethod: {method}\n")
+    (run / "run_info.json").write_text(
+        json.dumps(
+            {
+                "git_commit": "0123abc",
+                "device": "cpu",
+                "seed": seed,
+                "versions": {"torch": "2.13.0"},
+            }
+        )
+    )
+    steps = np.arange(0, 201, 10)
+    pd.DataFrame(
+        {
+            "step": steps,
+            "loss": 1 + np.exp(-steps / 50),
+            "lr": 1e-3,
+            "steps_per_s": 50.0,
+            "wall_time": steps / 50,
+        }
+    ).to_csv(run / "history.csv", index=False)
+    metrics = {
+        "dataset": dataset,
+        "seed": seed,
+        "nll": float(rng.normal()),
+        "dist_mean": float(rng.random()),
+        "w1": float(rng.random()),
+        "train_steps_per_s": 50.0,
+        "normalisation_ok": True,
+        "nll_convention": "area",
+    }
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    return run / "status" / "evaluate.json"
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory) -> Path:
+    """results/ with 3 methods x 3 seeds on toy and 2 methods x 3 seeds on earth_volcano."""
+    root = tmp_path_factory.mktemp("results")
+    statuses = [fake_run(root, "toy", m, s) for m in METHODS for s in SEEDS]
+    statuses += [fake_run(root, "earth_volcano", m, s) for m in METHODS[:2] for s in SEEDS]
+    A.write_tables(statuses, root / "tables", ["discrete", "earth"])
+    (root / "figures").mkdir()
+    build_dashboard(
+        root / "tables" / "runs.csv",
+        root / "tables",
+        root / "figures",
+        root / "dashboard" / "index.html",
+        root,
+    )
+    return root
+
+
+def test_t_interval_matches_the_student_t_quantile():
+    x = [1.0, 2.0, 4.0, 7.0, 11.0]
+    r = A.t_interval(x)
+    half = 2.7764451051977987 * np.std(x, ddof=1) / math.sqrt(5)  # t_{0.975, 4} from tables
+    assert r["n"] == 5 and r["mean"] == pytest.approx(5.0)
+    assert (r["ci_high"] - r["ci_low"]) / 2 == pytest.approx(half, rel=1e-9)
+    one = A.t_interval([3.0, float("nan")])
+    assert one["n"] == 1 and math.isnan(one["ci_low"])
+
+
+def test_t_interval_covers_the_mean_at_the_nominal_rate():
+    rng = np.random.default_rng(0)
+    draws = rng.normal(2.0, 3.0, size=(4000, 5))
+    hits = sum(r["ci_low"] <= 2.0 <= r["ci_high"] for r in map(A.t_interval, draws))
+    # 95 % coverage; binomial sd over 4000 trials is 0.0034, allow 4 sd
+    assert abs(hits / 4000 - 0.95) < 4 * 0.0034
+
+
+def test_runs_table_keeps_the_failed_run(results):
+    runs = pd.read_csv(results / "tables" / "runs.csv")
+    assert len(runs) == 3 * 3 + 2 * 3
+    failed = runs[runs["status"] != "ok"]
+    assert failed[["dataset", "method", "seed"]].values.tolist() == [list(FAILED)]
+    assert failed["failed_stage"].iloc[0] == "train"
+    assert "info.git_commit" in runs and "hist.loss" in runs
+    assert set(A.metric_columns(runs)) >= {"nll", "dist_mean", "w1"}
+    assert "normalisation_ok" not in A.metric_columns(runs)
+
+
+def test_family_tables_mark_failures_and_match_the_runs(results):
+    md = (results / "tables" / "discrete.md").read_text()
+    assert "2/3 (1 FAILED)" in md
+    long = pd.read_csv(results / "tables" / "discrete.csv")
+    runs = pd.read_csv(results / "tables" / "runs.csv")
+    ok = runs[(runs.method == "dsm") & (runs.dataset == "toy") & (runs.status == "ok")]
+    row = long[(long.method == "dsm") & (long.metric == "nll")].iloc[0]
+    assert row["n"] == 3 and row["mean"] == pytest.approx(ok["nll"].mean())
+    assert r"\begin{tabular}" in (results / "tables" / "discrete.tex").read_text()
+
+
+def test_earth_table_marks_published_rows(results):
+    t = pd.read_csv(results / "tables" / "earth_nll.csv")
+    assert (t["source"] == "published").sum() == len(A.PUBLISHED_EARTH_NLL)
+    assert t.loc[t.method == "RSGM", "Volcano"].iloc[0] == "-4.92 ± 0.25"
+    ours = t[t["source"].str.startswith("ours")]
+    assert set(ours["method"]) == {"dsm (ve)", "mad (ve)"}
+    assert (ours["Earthquake"] == "–").all()
+
+
+def test_cost_table_has_device_and_speed(results):
+    shown = (results / "tables" / "cost.md").read_text()
+    assert "train_steps_per_s" in shown and "device" in shown and "cpu" in shown
+
+
+def test_dashboard_is_self_contained(results):
+    page = (results / "dashboard" / "index.html").read_text()
+    assert "http://" not in page.replace("http://www.w3.org/2000/svg", "")
+    assert "https://" not in page and '<link rel="stylesheet"' not in page
+    data = json.loads(page.split('id="data">')[1].split("</script>")[0].replace("<\\/", "</"))
+    assert len(data["runs"]) == 15
+    assert any(r["status"] == "failed" for r in data["runs"])
+
+
+# --------------------------------------------------------------------------------------------
+# In a real browser
+# --------------------------------------------------------------------------------------------
+
+
+def chrome_driver():
+    """A headless chromium with browser and network logs, or skip with the reason."""
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
+    from selenium.webdriver.chrome.service import Service
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver")
+    if not (browser and driver):
+        pytest.skip("chromium or chromedriver missing: apt-get install -y chromium chromium-driver")
+    opts = webdriver.ChromeOptions()
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
+        opts.add_argument(arg)
+    opts.binary_location = browser
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
+    return webdriver.Chrome(service=Service(driver), options=opts)
+
+
+@pytest.fixture(scope="module")
+def page(results):
+    """The dashboard loaded in headless chromium."""
+    d = chrome_driver()
+    d.get((results / "dashboard" / "index.html").resolve().as_uri())
+    yield d
+    d.quit()
+
+
+def visible_runs(d) -> list[str]:
+    return d.execute_script(
+        "return [...document.querySelectorAll('#runs tbody tr')].filter(t => !t.hidden)"
+        ".map(t => t.children[3].textContent)"
+    )
+
+
+def test_browser_loads_without_errors_or_failed_requests(page):
+    errors = [e for e in page.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
+    assert errors == []
+    events = [json.loads(e["message"])["message"] for e in page.get_log("performance")]
+    assert [e for e in events if e["method"] == "Network.loadingFailed"] == []
+
+
+def test_browser_shows_every_run_and_marks_the_failed_one(page):
+    assert len(visible_runs(page)) == 15
+    failed = page.find_elements("css selector", "#runs tbody tr.failed")
+    assert len(failed) == 1 and "FAILED" in failed[0].text
+
+
+def test_browser_filtering_and_run_detail(page):
+    from selenium.webdriver.support.ui import Select
+
+    Select(page.find_element("id", "filter-method")).select_by_visible_text("oracle")
+    assert visible_runs(page) == ["oracle"] * 3
+    Select(page.find_element("id", "filter-status")).select_by_visible_text("failed")
+    assert visible_runs(page) == []
+    Select(page.find_element("id", "filter-method")).select_by_visible_text("mad")
+    assert visible_runs(page) == ["mad"]
+    Select(page.find_element("id", "filter-status")).select_by_visible_text("all")
+    Select(page.find_element("id", "filter-method")).select_by_visible_text("all")
+    page.find_element("css selector", "#runs tbody tr:not(.failed)").click()
+    detail = page.find_element("id", "detail")
+    assert detail.find_elements("css selector", "svg polyline")
+    assert "config.yaml" in detail.text and "0123abc" in detail.get_attribute("innerHTML")
+
+
+def test_browser_sorts_a_table(page):
+    header = page.find_elements("css selector", "#runs th")[4]  # seed
+    header.click()
+    seeds = page.execute_script(
+        "return [...document.querySelectorAll('#runs tbody tr')]"
+        ".map(t => t.children[4].textContent)"
+    )
+    assert seeds == sorted(seeds, key=int)

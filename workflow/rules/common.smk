@@ -1,0 +1,111 @@
+# Configuration checks, the run grid and the helpers every rule uses.
+import json
+import os
+import shlex
+import shutil
+import sys
+from pathlib import Path
+
+import pandas as pd
+import torch
+from snakemake.logging import logger
+from snakemake.utils import Paramspace, validate
+
+from madbench.aggregate import dataset_family
+from madbench.pipeline import build_grid, check_names, check_ranges, run_settings
+
+
+validate(config, schema="../schemas/config.schema.yaml")
+check_names(config)  # names against the madbench registries
+check_ranges(config)  # sigma_min < sigma_max, beta_min < beta_max
+
+RESULTS = "results"
+# Run stages on the GPU when this machine has one (profiles may override with set-resources).
+GPU_PER_JOB = 1 if torch.cuda.is_available() else 0
+# The CLI by name when it is on PATH (so that moving the checkout does not change every job's
+# params and retrigger every run), else beside the Python running Snakemake.
+MADBENCH = "madbench" if shutil.which("madbench") else str(Path(sys.executable).with_name("madbench"))
+# Relative to the working directory, so the param does not change when the checkout moves.
+STAGE_SCRIPT = os.path.relpath(Path(workflow.basedir, "workflow", "scripts", "run_stage.py"))
+
+
+def log_excluded(excluded):
+    """Say which method x dataset combinations the grid leaves out, and why."""
+    pairs = excluded.drop_duplicates(["dataset", "method"])
+    for row in pairs.itertuples():
+        logger.info(f"excluded: method {row.method} on dataset {row.dataset}: {row.reason}")
+
+
+GRID, EXCLUDED = build_grid(config)
+log_excluded(EXCLUDED)
+RUNS = Paramspace(GRID)
+RUN = f"{RESULTS}/runs/{RUNS.wildcard_pattern}"
+RUN_PATTERN = RUNS.wildcard_pattern
+FAMILIES = sorted({dataset_family(d) for d in GRID["dataset"]})
+
+
+def run_dir(wildcards):
+    """results/runs/dataset~D/schedule~S/method~M/seed~N for a job's wildcards."""
+    pattern = RUNS.wildcard_pattern.format(**dict(wildcards.items()))
+    return f"{RESULTS}/runs/{pattern}"
+
+
+def all_run_files(name):
+    """``name`` (a path inside a run directory) for every run of the grid."""
+    return [f"{RESULTS}/runs/{p}/{name}" for p in RUNS.instance_patterns]
+
+
+def train_cmd(wildcards, resources):
+    """`madbench train ...` (shell-quoted); --device cuda when the job holds a GPU, else cpu."""
+    steps, pairs = run_settings(config, wildcards.dataset, wildcards.schedule, wildcards.method)
+    device = "cuda" if resources.gpu > 0 else "cpu"
+    argv = [MADBENCH, "train", "--dataset", wildcards.dataset, "--method", wildcards.method,
+            "--schedule", wildcards.schedule, "--seed", str(wildcards.seed),
+            "--steps", str(steps), "--out", run_dir(wildcards), "--device", device]
+    for key, value in pairs.items():
+        argv += ["--set", f"{key}={value}"]
+    return shlex.join(argv)
+
+
+def sample_cmd(wildcards):
+    """`madbench sample ...` (shell-quoted) writing samples.npz into the run directory."""
+    s = config["sample"]
+    argv = [MADBENCH, "sample", "--run", run_dir(wildcards), "--n", str(s["n"]),
+            "--out", f"{run_dir(wildcards)}/samples.npz", "--seed", str(wildcards.seed)]
+    if "sampler" in s:
+        argv += ["--sampler", s["sampler"]]
+    if "steps" in s:
+        argv += ["--steps", str(s["steps"])]
+    return shlex.join(argv)
+
+
+def evaluate_cmd(wildcards):
+    """`madbench evaluate ...` (shell-quoted) writing metrics.json into the run directory."""
+    run = run_dir(wildcards)
+    return shlex.join([MADBENCH, "evaluate", "--run", run, "--out", f"{run}/metrics.json"])
+
+
+def next_attempt(stage):
+    """Params function: the attempt number of ``stage``; it grows while the stage has failed.
+
+    A changed param makes Snakemake (rerun trigger 'params') run the stage again, so a failed
+    stage is retried on the next invocation until it has been tried ``max_attempts`` times.
+    """
+
+    def attempt(wildcards):
+        path = Path(run_dir(wildcards)) / "status" / f"{stage}.json"
+        try:
+            status = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return 1
+        done = int(status.get("attempt", 1))
+        retry = status.get("status") != "ok" and done < config.get("max_attempts", 2)
+        return done + 1 if retry else done
+
+    return attempt
+
+
+def run_meta(wildcards):
+    """The run's grid coordinates as key=value words, stored in every status file."""
+    return " ".join(f"{k}={getattr(wildcards, k)}" for k in ("dataset", "schedule", "method", "seed"))
+

@@ -1,0 +1,20 @@
+"""Thin wrapper: write results/dashboard/index.html (madbench.dashboard)."""
+
+import sys
+from pathlib import Path
+
+from madbench.dashboard import build_dashboard
+
+
+def main(smk) -> None:
+    """Build the page from runs.csv, the tables directory and the figures directory."""
+    with open(smk.log[0], "w") as log:
+        sys.stderr = sys.stdout = log
+        results = Path(smk.params.results)
+        build_dashboard(
+            smk.input.runs, Path(smk.input.runs).parent, results / "figures", smk.output[0], results
+        )
+
+
+if __name__ == "__main__":
+    main(snakemake)  # noqa: F821
