@@ -23,6 +23,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/runs.smk"
 include: "workflow/rules/aggregate.smk"
 include: "workflow/rules/figures.smk"
+include: "workflow/rules/rate_separation.smk"
 include: "workflow/rules/dashboard.smk"
 
 
@@ -41,6 +42,7 @@ rule all:
             figure=["toy_fields"] + RUN_FIGURES,
             ext=["png", "pdf"],
         ),
+        rules.rate_separation.output,
         f"{RESULTS}/dashboard/index.html",
         f"{RESULTS}/tables/run_check.txt",
     default_target: True

@@ -120,6 +120,42 @@ def summary_sections(runs: pd.DataFrame) -> str:
     return "\n".join(parts)
 
 
+def rate_separation_section(results: Path) -> str:
+    """The fitted slopes of the rate-separation experiments with their predictions, if run."""
+    path = Path(results) / "rate_separation" / "slopes.csv"
+    if not path.exists():
+        return "<p>Not run (madbench rate-separation, or the pipeline's rate_separation rule).</p>"
+    df = pd.read_csv(path)
+    cols = [
+        c
+        for c in (
+            "manifold",
+            "family",
+            "quantity",
+            "score",
+            "alpha",
+            "beta",
+            "error_type",
+            "slope",
+            "ci_low",
+            "ci_high",
+            "predicted",
+        )
+        if c in df
+    ]
+    df = df[cols].copy()
+    for c in ("slope", "ci_low", "ci_high", "predicted"):
+        if c in df:
+            df[c] = df[c].map(lambda v: "" if pd.isna(v) else f"{v:.3g}")
+    df = df.fillna("")
+    link = html.escape(rel(path, Path(results) / "dashboard"))
+    return (
+        f"<p>Fitted log-log slopes against sigma with bootstrap 95 % intervals, next to the "
+        f'predictions of SCIENCE.md section 5 (<a href="{link}">slopes.csv</a>; every point in '
+        f"curves.csv beside it; figures below).</p>{html_table(df)}"
+    )
+
+
 def figure_section(figures_dir: Path, page_dir: Path) -> str:
     """<figure> elements for every PNG in figures_dir, linking the PDF beside it."""
     items = []
@@ -174,6 +210,7 @@ def build_dashboard(
         summary=summary_sections(runs),
         figures=figure_section(Path(figures_dir), page_dir),
         tables=table_links(Path(tables_dir), page_dir),
+        rate_separation=rate_separation_section(Path(results_dir)),
     )
     atomic_write(out_html, lambda p: p.write_text(page, encoding="utf-8"))
 
@@ -334,6 +371,8 @@ Tables: {tables}</p>
 <div id="filters"></div><p id="count" class="muted"></p>
 <div class="scroll"><table id="runs"><thead><tr></tr></thead><tbody></tbody></table></div>
 <div id="detail" hidden></div>
+<h2>Rate separation</h2>
+{rate_separation}
 <h2>Figures</h2>
 {figures}
 <script type="application/json" id="data">{data}</script>

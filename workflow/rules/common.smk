@@ -109,3 +109,32 @@ def run_meta(wildcards):
     """The run's grid coordinates as key=value words, stored in every status file."""
     return " ".join(f"{k}={getattr(wildcards, k)}" for k in ("dataset", "schedule", "method", "seed"))
 
+
+# ---- rate separation (workflow/rules/rate_separation.smk)
+RS = f"{RESULTS}/rate_separation"
+RS_FIGURES = ["rate_separation_anatomy", "rate_separation_tolerance", "rate_separation_tempering"]
+# Learned scores: the first seed of the VE runs on the anatomy targets' datasets, when in the grid.
+RS_LEARNED = {"s2": "s2_vmf_mixture_4", "discrete": "toy"}
+
+
+def rs_learned_runs():
+    """{'dsm:s2': run_dir, ...} for the learned scores the grid provides."""
+    out = {}
+    for key, dataset in RS_LEARNED.items():
+        for method in ("dsm", "mad"):
+            rows = GRID[(GRID.dataset == dataset) & (GRID.schedule == "ve") & (GRID.method == method)]
+            if len(rows):
+                seed = int(rows.seed.min())
+                out[f"{method}:{key}"] = (
+                    f"{RESULTS}/runs/dataset~{dataset}/schedule~ve/method~{method}/seed~{seed}"
+                )
+    return out
+
+
+def rs_cmd(wildcards):
+    rs = config.get("rate_separation", {})
+    argv = [MADBENCH, "rate-separation", "--mode", rs.get("mode", "quick"),
+            "--results", RESULTS, "--seed", str(rs.get("seed", 0))]
+    for key, run in rs_learned_runs().items():
+        argv += ["--run-dir", f"{key}={run}"]
+    return shlex.join(argv)

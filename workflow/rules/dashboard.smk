@@ -6,6 +6,7 @@ rule dashboard:
         runs=f"{RESULTS}/tables/runs.csv",
         tables=rules.aggregate.output.csv,
         figures=expand(f"{RESULTS}/figures/{{figure}}.png", figure=["toy_fields"] + RUN_FIGURES),
+        rate_separation=rules.rate_separation.output.slopes,
     output:
         report(
             f"{RESULTS}/dashboard/index.html",

@@ -12,6 +12,7 @@ score at x_t = a x (a = alpha(t)) relates to the VE score by s_VE(x, sigma) = a 
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -56,11 +57,17 @@ def ve_score_fn(method) -> Callable[[Tensor, float], Tensor]:
 
 def learned_score_fns(run_dirs: dict[str, str | Path]) -> dict[str, Callable]:
     """{'dsm': s_theta, 'mad': r_theta} (VE units) for the given {'dsm': dir, 'mad': dir}."""
+    from madbench.runs import RunLoadError
+
     out = {}
     for kind, d in run_dirs.items():
         if kind not in ("dsm", "mad"):
             raise ValueError(f"learned score kind must be 'dsm' or 'mad', got {kind!r}")
-        method = load_method(d)
+        try:
+            method = load_method(d)
+        except (RunLoadError, FileNotFoundError) as e:  # a failed pipeline run: go on
+            print(f"warning: learned {kind} scores skipped: {e}", file=sys.stderr)
+            continue
         f = ve_score_fn(method)
         if kind == "mad":
             base = method.manifold.base_score
