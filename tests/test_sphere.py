@@ -389,3 +389,17 @@ def test_s3_random_walk_fallback(gen):
     f = ker / np.sin(a) * np.sin(a) ** 2  # density ∝ p_t(a) sin^2 a
     cdf = integrate.cumulative_trapezoid(f, a, initial=0)
     assert stats.kstest(th, lambda v: np.interp(v, a, cdf / cdf[-1])).pvalue > 1e-3
+
+
+@pytest.mark.parametrize("t", [1e-4, 1e-2, 0.3])
+def test_s2_heat_kernel_small_angles_match_the_legendre_series(t):
+    """For t < 1/2 the quadrature serves every angle (the series would need ~sqrt(120/t) terms);
+    near theta = 0 its g = -(dlogp/dtheta)/theta is taken at 0.01 sqrt(t)."""
+    from madbench.manifolds.sphere import _s2_series, s2_log_heat
+
+    th = torch.tensor([0.0, 1e-4, 0.003, 0.3, 1.0, 3.0], dtype=torch.float64) * math.sqrt(t)
+    tt = torch.full_like(th, t)
+    lp, g = s2_log_heat(th, tt, need_grad=True)
+    lp_ref, g_ref = _s2_series(th, tt)
+    assert torch.allclose(lp, lp_ref, rtol=0, atol=1e-6)
+    assert torch.allclose(g, g_ref, rtol=1e-6, atol=0)
