@@ -207,6 +207,23 @@ def log_normaliser(f: Tensor) -> Tensor:
     return log_normaliser_and_mean_diag(s)[0]
 
 
+def _mean_jacobian(s: Tensor) -> Tensor:
+    """H[:, i, k] = d m_i / d s_k, m = d log c / d s (the Hessian of log c), shape (n, 3, 3).
+
+    Autograd through the Bessel terms is wrong at exact ties of singular values (d|z|/dz = 0 at
+    z = 0), so tied rows take it at a point split by O(1e-5 (1 + max s)): error of that order.
+    """
+    tol = 1e-5 * (1 + s.abs().amax(-1))[:, None]
+    tied = ((s[:, :, None] - s[:, None, :]).abs() <= tol[:, :, None]).sum((-1, -2)) > 3
+    split = torch.tensor([2.0, 1.0, 0.0], dtype=s.dtype, device=s.device)
+    s_h = torch.where(tied[:, None], s + tol * split, s)
+    with torch.enable_grad():
+        s_ = s_h.detach().requires_grad_(True)
+        m_ = 1 - log_normaliser_and_mean_diag(s_)[1]
+        rows = [torch.autograd.grad(m_[:, i].sum(), s_, retain_graph=i < 2)[0] for i in range(3)]
+    return torch.stack(rows, 1).detach()
+
+
 class _MeanFunction(torch.autograd.Function):
     """F -> E_MF(F)[R] = U diag(m(s)) V^T, m = d log c / d s, with a backward that stays exact
     when singular values coincide.
@@ -227,26 +244,15 @@ class _MeanFunction(torch.autograd.Function):
         u, s, v = proper_svd(f)
         _, delta = log_normaliser_and_mean_diag(s)
         m = 1 - delta
-        ctx.save_for_backward(u, s, v, m)
+        # The Hessian once here, not in every backward: a divergence takes D = 9 backwards.
+        h = _mean_jacobian(s) if ctx.needs_input_grad[0] else None
+        ctx.save_for_backward(u, s, v, m, h)
         return (u * m[:, None, :]) @ v.transpose(-1, -2)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> Tensor:
-        u, s, v, m = ctx.saved_tensors
-        scale = (1 + s.abs().amax(-1))[:, None, None]
-        tol = 1e-5 * scale
-        # The Hessian by autograd is wrong at exact ties (d|z|/dz = 0 at z = 0 inside the
-        # Bessel terms), so tied rows take it at a point split by O(tol): error O(tol).
-        tied = ((s[:, :, None] - s[:, None, :]).abs() <= tol).sum((-1, -2)) > 3
-        split = torch.tensor([2.0, 1.0, 0.0], dtype=s.dtype, device=s.device)
-        s_h = torch.where(tied[:, None], s + tol[:, :, 0] * split, s)
-        with torch.enable_grad():
-            s_ = s_h.detach().requires_grad_(True)
-            m_ = 1 - log_normaliser_and_mean_diag(s_)[1]
-            h = torch.stack(
-                [torch.autograd.grad(m_[:, i].sum(), s_, retain_graph=i < 2)[0] for i in range(3)],
-                1,
-            )  # (n, 3, 3), h[:, i, k] = d m_i / d s_k
+        u, s, v, m, h = ctx.saved_tensors
+        tol = 1e-5 * (1 + s.abs().amax(-1))[:, None, None]
         om = u.transpose(-1, -2) @ grad @ v
         ds = s[:, :, None] - s[:, None, :]
         dm = m[:, :, None] - m[:, None, :]
