@@ -1,4 +1,4 @@
-# madbench pipeline: datasets x noise schedules x methods x seeds -> train, sample, evaluate ->
+# madbench pipeline: datasets x noise schedules x methods x seeds -> train, evaluate (samples, metrics) ->
 # tables, figures and the static dashboard under results/.  See docs/pipeline.md.
 #
 #   snakemake --cores 2 --configfile config/quick.yaml         # the quick grid (CPU, < 10 min)

@@ -147,8 +147,23 @@ def test_large_hypercube_uses_marginals_and_data_scores_near_zero():
 
 def test_evaluate_run_returns_the_score_error_curve(tmp_path):
     run = _train(tmp_path, "s2_vmf_mixture_4", "mad", 5)
-    metrics, tables = evaluate_run(run, dict(SMALL, likelihood=False), device="cpu")
+    metrics, tables, samples = evaluate_run(run, dict(SMALL, likelihood=False), device="cpu")
+    assert samples["projected"].shape == (SMALL["n_samples"], 3)
     curve = tables["score_error"]
     assert list(curve["sigma"]) == sorted(curve["sigma"]) and len(curve) == SMALL["n_sigmas"]
     assert (curve["mse"] > 0).all() and math.isfinite(metrics["score_error_integral"])
     assert "nll" not in metrics
+
+
+def test_evaluate_settings_are_typed_and_bad_values_named():
+    from madbench.evaluate import evaluation_settings
+    from madbench.runs import EvaluationError
+
+    cfg = evaluation_settings(
+        {"evaluate": {"rtol": "1e-4"}}, {"n_nll": "32", "likelihood": "false"}
+    )
+    assert cfg["rtol"] == 1e-4 and cfg["n_nll"] == 32 and cfg["likelihood"] is False
+    with pytest.raises(EvaluationError, match="'n_samples'.*'many'"):
+        evaluation_settings({}, {"n_samples": "many"})
+    with pytest.raises(EvaluationError, match="'atol'"):
+        evaluation_settings({}, {"atol": -1})

@@ -57,8 +57,8 @@ def test_dry_run_lists_the_jobs(wf, configfile):
     out = r.stdout + r.stderr
     for rule in (
         "train",
-        "sample",
         "evaluate",
+        "rate_separation",
         "aggregate",
         "figure_toy",
         "figure_runs",

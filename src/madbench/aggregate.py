@@ -55,7 +55,6 @@ COST = [
     "eval_peak_rss_mb",
     "bench.train_max_rss_mb",
     "bench.train_s",
-    "bench.sample_s",
     "bench.evaluate_s",
 ]
 FAMILY_PREFIXES = {
@@ -136,7 +135,7 @@ def history_summary(run: Path) -> dict:
 def benchmark_summary(bench_root: Path | None, pattern: str) -> dict:
     """Seconds and peak RSS (MB) of each stage from Snakemake's benchmark files."""
     out: dict[str, float] = {}
-    for stage in ("train", "sample", "evaluate"):
+    for stage in ("train", "evaluate"):
         path = None if bench_root is None else bench_root / stage / f"{pattern}.tsv"
         if path is None or not path.exists():
             continue

@@ -37,7 +37,7 @@ RUN_FILES = (
     "samples.npz",
     "score_error.csv",
 )
-STAGES = ("train", "sample", "evaluate")
+STAGES = ("train", "evaluate")
 MAX_HISTORY_POINTS = 300
 
 

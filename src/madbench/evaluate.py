@@ -354,14 +354,46 @@ def evaluation_settings(run_config: dict, overrides: dict | None = None) -> dict
                 f"unknown evaluate key(s) {', '.join(unknown)} in {source}; "
                 f"known: {', '.join(sorted(DEFAULTS))}"
             )
-        cfg.update(values)
+        cfg.update({k: _coerce(k, v, source) for k, v in values.items()})
     return cfg
+
+
+def _coerce(key: str, value: Any, source: str) -> Any:
+    """``value`` as the type of ``DEFAULTS[key]`` (YAML reads '1e-4' as a string)."""
+    default = DEFAULTS[key]
+    try:
+        if isinstance(default, bool):
+            if isinstance(value, str) and value.lower() in ("true", "false"):
+                return value.lower() == "true"
+            if isinstance(value, bool):
+                return value
+            raise ValueError
+        if isinstance(default, int):
+            if float(value) != int(float(value)) or int(float(value)) < 0:
+                raise ValueError
+            return int(float(value))
+        if isinstance(default, float):
+            v = float(value)
+            if not (math.isfinite(v) and v > 0):
+                raise ValueError
+            return v
+        return None if value in (None, "", "none", "None", "default") else str(value)
+    except (TypeError, ValueError):
+        kind = type(default).__name__ if default is not None else "sampler name"
+        raise EvaluationError(
+            f"evaluate key {key!r} in {source} must be a {kind}"
+            f"{' > 0' if isinstance(default, float) else ''}, got {value!r}"
+        ) from None
 
 
 def evaluate_run(
     run_dir: str | Path, overrides: dict | None = None, device: str | None = None
-) -> tuple[dict, dict]:
-    """Compute metrics for one run. Returns (metrics, extra tables) without writing anything."""
+) -> tuple[dict, dict, dict]:
+    """Compute metrics for one run without writing anything.
+
+    Returns (metrics, extra tables, samples): samples holds the evaluation's own draws (raw,
+    projected, dist_to_manifold, seed, steps, sampler), the arrays ``madbench sample`` writes.
+    """
     from madbench.runs import load_run
     from madbench.sampling import sample
 
@@ -398,6 +430,14 @@ def evaluate_run(
     if not torch.isfinite(raw).all():
         raise EvaluationError(f"{run_dir}: the sampler produced non-finite samples")
     dist = method.manifold.distance_to_manifold(raw)
+    samples = dict(
+        raw=raw.float().numpy(),
+        projected=proj.float().numpy(),
+        dist_to_manifold=dist.numpy(),
+        seed=np.int64(seed + 5000),
+        steps=np.int64(cfg["sample_steps"]),
+        sampler=np.str_(cfg["sampler"] or "default"),
+    )
     out.update({f"dist_{k}": float(v) for k, v in M.adherence_stats(dist).items()})
 
     _progress("distribution metrics (MMD, OT, ...) and their noise floors", t_start)
@@ -426,7 +466,7 @@ def evaluate_run(
         _progress(f"likelihood of {min(cfg['n_nll'], len(ref))} test points (ODE)", t_start)
         out.update(likelihood_metrics(method, dataset, ref, cfg, seed))
     out["eval_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return out, tables
+    return out, tables, samples
 
 
 def _finite_or_none(v):
@@ -438,17 +478,23 @@ def _finite_or_none(v):
 def main(
     run_dir: str | Path, out: str | Path, overrides: dict | None = None, device: str | None = None
 ) -> dict:
-    """Evaluate ``run_dir`` and write ``out`` (json) atomically; extra curves beside it.
+    """Evaluate ``run_dir``; write ``out`` (json), score_error.csv and samples.npz beside it.
 
     Nothing is written unless the whole evaluation succeeds, so an earlier metrics file is
     never replaced by a partial one.
     """
     out = Path(out)
     t0 = time.perf_counter()
-    metrics, tables = evaluate_run(run_dir, overrides, device)
+    metrics, tables, samples = evaluate_run(run_dir, overrides, device)
     metrics["eval_wall_time_s"] = time.perf_counter() - t0
     for name, df in tables.items():
         atomic_write(out.parent / f"{name}.csv", lambda p, df=df: df.to_csv(p, index=False))
+
+    def write_samples(p: Path) -> None:
+        with open(p, "wb") as fh:
+            np.savez(fh, **samples)
+
+    atomic_write(out.parent / "samples.npz", write_samples)
     clean = {k: _finite_or_none(v) for k, v in metrics.items()}
     atomic_write(out, lambda p: p.write_text(json.dumps(clean, indent=1, sort_keys=True)))
     return metrics

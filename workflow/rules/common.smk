@@ -67,22 +67,16 @@ def train_cmd(wildcards, resources):
     return shlex.join(argv)
 
 
-def sample_cmd(wildcards):
-    """`madbench sample ...` (shell-quoted) writing samples.npz into the run directory."""
-    s = config["sample"]
-    argv = [MADBENCH, "sample", "--run", run_dir(wildcards), "--n", str(s["n"]),
-            "--out", f"{run_dir(wildcards)}/samples.npz", "--seed", str(wildcards.seed)]
-    if "sampler" in s:
-        argv += ["--sampler", s["sampler"]]
-    if "steps" in s:
-        argv += ["--steps", str(s["steps"])]
-    return shlex.join(argv)
-
-
 def evaluate_cmd(wildcards):
-    """`madbench evaluate ...` (shell-quoted) writing metrics.json into the run directory."""
+    """`madbench evaluate ...` (shell-quoted) writing metrics.json, score_error.csv and
+    samples.npz into the run directory; config `sample` sets the evaluation's sampler."""
     run = run_dir(wildcards)
-    return shlex.join([MADBENCH, "evaluate", "--run", run, "--out", f"{run}/metrics.json"])
+    argv = [MADBENCH, "evaluate", "--run", run, "--out", f"{run}/metrics.json"]
+    s = config["sample"]
+    for key, name in (("n", "n_samples"), ("steps", "sample_steps"), ("sampler", "sampler")):
+        if key in s:
+            argv += ["--set", f"{name}={s[key]}"]
+    return shlex.join(argv)
 
 
 def next_attempt(stage):

@@ -1,4 +1,4 @@
-# One run = train -> sample -> evaluate in results/runs/dataset~D/schedule~S/method~M/seed~N/.
+# One run = train -> evaluate (which samples and writes samples.npz) in results/runs/dataset~D/schedule~S/method~M/seed~N/.
 # Each stage writes status/<stage>.json whatever happens (workflow/scripts/run_stage.py): a failed
 # stage does not fail the job; later stages skip and the tables mark the run failed. A failed
 # stage is retried on the next invocation (its `attempt` param grows) up to config max_attempts.
@@ -30,35 +30,9 @@ rule train:
         " --run-dir {params.run_dir:q} --meta {params.meta} -- {params.cmd}"
 
 
-rule sample:
-    input:
-        f"{RUN}/status/train.json",
-    output:
-        status=f"{RUN}/status/sample.json",
-    log:
-        f"{RESULTS}/logs/sample/{RUN_PATTERN}.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/sample/{RUN_PATTERN}.tsv"
-    params:
-        cmd=sample_cmd,
-        meta=run_meta,
-        run_dir=run_dir,
-        stage_script=STAGE_SCRIPT,
-        attempt=next_attempt("sample"),
-    threads: 1
-    resources:
-        gpu=GPU_PER_JOB,
-    conda:
-        "../envs/madbench.yaml"
-    shell:
-        "python3 {params.stage_script:q} --stage sample --status {output.status:q} --log {log:q}"
-        " --upstream {input:q} --gpus {resources.gpu} --threads {threads} --attempt {params.attempt}"
-        " --run-dir {params.run_dir:q} --meta {params.meta} -- {params.cmd}"
-
-
 rule evaluate:
     input:
-        f"{RUN}/status/sample.json",
+        f"{RUN}/status/train.json",
     output:
         status=f"{RUN}/status/evaluate.json",
     log:
