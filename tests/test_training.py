@@ -309,3 +309,24 @@ def test_interrupted_run_loads_with_a_warning(tmp_path, capsys):
     assert not run.complete and run.step == 10
     assert "incomplete" in capsys.readouterr().err
     assert math.isfinite(float(run.method.score(torch.zeros(3, 2), torch.full((3,), 0.5)).sum()))
+
+
+@pytest.mark.parametrize("dataset", ["toy", "s2_vmf_mixture_4"])
+def test_probes_record_quality_and_leave_training_unchanged(tmp_path, dataset):
+    """probes.csv holds distance to M and distributional metrics at the probe steps; the
+    probes use their own generator and the EMA weights, so the trained weights are identical
+    to a run without probes, and resuming truncates probes like history."""
+    train(small(dataset=dataset), tmp_path / "plain", progress=False)
+    cfg = small(dataset=dataset, probe_every=10, probe_n=64, probe_steps=10)
+    train(cfg, tmp_path / "probed", progress=False, stop_after=15)
+    train(cfg, tmp_path / "probed", progress=False)
+    a = torch.load(tmp_path / "plain/checkpoint.pt", weights_only=True)
+    b = torch.load(tmp_path / "probed/checkpoint.pt", weights_only=True)
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]) and torch.equal(a["ema"][k], b["ema"][k])
+    pr = pd.read_csv(tmp_path / "probed/probes.csv")
+    assert pr.step.tolist() == [10, 20]
+    assert np.isfinite(pr.dist_mean).all() and (pr.dist_mean >= 0).all()
+    assert ("tv" if dataset == "toy" else "mmd2_h0.3") in pr
+    hist = pd.read_csv(tmp_path / "probed/history.csv").set_index("step")
+    assert np.allclose(pr.wall_time, hist.loc[pr.step, "wall_time"])

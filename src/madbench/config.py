@@ -64,6 +64,11 @@ class TrainConfig:
     split: str = "random"
     checkpoint_every: int = 1000
     log_every: int = 100
+    #: every this many steps (and at the end) sample the EMA model and record distance to M
+    #: and distributional metrics in probes.csv (quality against steps and wall time); 0: off
+    probe_every: int = 0
+    probe_n: int = 256
+    probe_steps: int = 50
     device: str = "auto"
     wandb: bool = False
     wandb_project: str = "madbench"
@@ -94,6 +99,9 @@ class TrainConfig:
             ("split", self.split in ("random", "grouped"), "must be random or grouped"),
             ("checkpoint_every", self.checkpoint_every >= 1, "must be >= 1"),
             ("log_every", self.log_every >= 1, "must be >= 1"),
+            ("probe_every", self.probe_every >= 0, "must be >= 0"),
+            ("probe_n", self.probe_n >= 2, "must be >= 2"),
+            ("probe_steps", self.probe_steps >= 1, "must be >= 1"),
             ("device", _valid_device(self.device), "must be auto, cpu, cuda or cuda:N"),
             ("net.width", self.net.width >= 1, "must be >= 1"),
             ("net.depth", self.net.depth >= 1, "must be >= 1"),

@@ -60,11 +60,22 @@ CHECKPOINT = "checkpoint.pt"
 CONFIG = "config.yaml"
 RUN_INFO = "run_info.json"
 HISTORY = "history.csv"
+PROBES = "probes.csv"
 LOG = "train.log"
 NO_WEIGHTS = "no_weights.txt"
 HISTORY_COLUMNS = ("step", "loss", "lr", "steps_per_s", "wall_time")
 #: config keys that may differ between a checkpoint and the run that resumes it
-RESUMABLE_KEYS = ("device", "log_every", "checkpoint_every", "wandb", "wandb_project", "evaluate")
+RESUMABLE_KEYS = (
+    "device",
+    "log_every",
+    "checkpoint_every",
+    "wandb",
+    "wandb_project",
+    "evaluate",
+    "probe_every",
+    "probe_n",
+    "probe_steps",
+)
 CHECKPOINT_FORMAT = 1
 
 
@@ -389,6 +400,48 @@ def _truncate_history(path: Path, step: int) -> None:
     atomic_write(path, lambda p: p.write_text("\n".join(keep) + "\n"))
 
 
+@torch.no_grad()
+def probe(st: TrainState, cfg: TrainConfig) -> dict[str, float]:
+    """Sample quality of the EMA weights now: distance to M of the raw samples and the
+    distributional metrics of :func:`madbench.evaluate.distribution_metrics` against fresh data.
+
+    ``probe_n`` samples with the method's default sampler in ``probe_steps`` steps, from a
+    generator seeded by (seed, step): the training generators are untouched, so a run with
+    probes ends with the same weights as one without. The EMA weights are swapped in and out.
+    """
+    from madbench.evaluate import distribution_metrics, manifold_kind
+    from madbench.sampling import sample
+
+    method, net = st.method, st.method.net
+    live = [p.detach().clone() for p in st.ema.params]
+    for p, e in zip(st.ema.params, st.ema.shadow, strict=True):
+        p.data.copy_(e)
+    net.eval()
+    try:
+        dev = st.ema.shadow[0].device
+        g = make_generator(1_000_003 * cfg.seed + st.step, dev)
+        s = sample(method, cfg.probe_n, steps=cfg.probe_steps, generator=g)
+        ref = method.dataset.sample(cfg.probe_n, generator=make_generator(cfg.seed + 17))
+    finally:
+        for p, v in zip(st.ema.params, live, strict=True):
+            p.data.copy_(v)
+        net.train()
+    raw, proj = s["raw"].double().cpu(), s["projected"].double().cpu()
+    row = {"dist_mean": float(method.manifold.distance_to_manifold(raw).mean())}
+    if torch.isfinite(raw).all():
+        kind = manifold_kind(method.manifold)
+        row.update(distribution_metrics(kind, method.dataset, proj, ref.double().cpu(), ""))
+    return row
+
+
+def _append_probe(path: Path, row: dict[str, float]) -> None:
+    new = not path.exists()
+    with open(path, "a") as fh:
+        if new:
+            fh.write(",".join(row) + "\n")
+        fh.write(",".join(str(v) for v in row.values()) + "\n")
+
+
 def _append_history(path: Path, row: dict[str, float]) -> None:
     new = not path.exists()
     with open(path, "a") as fh:
@@ -426,7 +479,7 @@ def _start_or_resume(cfg: TrainConfig, out: Path, overwrite: bool) -> dict[str, 
                 "use another --out directory or --overwrite"
             )
         return ck
-    for name in (CHECKPOINT, HISTORY, NO_WEIGHTS, LOG):
+    for name in (CHECKPOINT, HISTORY, PROBES, NO_WEIGHTS, LOG):
         (out / name).unlink(missing_ok=True)
     return None
 
@@ -491,6 +544,7 @@ def train(
             restore_state(st, ck)
             log.info(f"resumed from {out / CHECKPOINT} at step {st.step}")
             _truncate_history(out / HISTORY, st.step)
+            _truncate_history(out / PROBES, st.step)
         info = _run_info(cfg, method, device, resumed_from=st.step if ck else None)
         write_json(out / RUN_INFO, {**info, "status": "running"})
         wb = WandbLogger(cfg, out)
@@ -558,7 +612,8 @@ def _loop(cfg, st: TrainState, out: Path, log, tty: bool, stop_after, wb) -> dic
         losses.append(loss)
         bar.update(1)
         is_log = st.step % cfg.log_every == 0 or st.step == cfg.steps
-        if is_log or st.step % cfg.checkpoint_every == 0:
+        is_probe = cfg.probe_every > 0 and (st.step % cfg.probe_every == 0 or st.step == cfg.steps)
+        if is_log or is_probe or st.step % cfg.checkpoint_every == 0:
             now = time.perf_counter()
             st.elapsed += now - mark_time
             vals = _check_finite(losses, st.step - len(losses) + 1, cfg)
@@ -577,6 +632,15 @@ def _loop(cfg, st: TrainState, out: Path, log, tty: bool, stop_after, wb) -> dic
             log.info(
                 f"step {st.step}/{cfg.steps} loss {last:.5g} lr {row['lr']:.3g} {sps:.1f} steps/s"
             )
+            if is_probe:  # outside the timed region: wall_time stays training time
+                t_probe = time.perf_counter()
+                pr = probe(st, cfg)
+                _append_probe(
+                    out / PROBES,
+                    {"step": st.step, "wall_time": st.elapsed, **pr,
+                     "probe_time_s": time.perf_counter() - t_probe},
+                )  # fmt: skip
+                log.info(f"probe at step {st.step}: distance to M {pr['dist_mean']:.3g}")
             if st.step % cfg.checkpoint_every == 0 or st.step == cfg.steps:
                 save_checkpoint(out / CHECKPOINT, cfg, st)
             losses, mark_step, mark_time = [], st.step, time.perf_counter()
