@@ -23,6 +23,18 @@ import seaborn as sns  # noqa: E402
 from madbench.aggregate import headline_metrics, metric_columns  # noqa: E402
 
 SAMPLE_KEYS = ("projected", "samples", "x", "raw")
+#: Methods in this order and with these colours in every figure (others follow, sorted).
+METHOD_ORDER = ("dsm", "mad", "rsgm", "oracle")
+
+
+def method_hue(methods) -> dict:
+    """hue_order and palette keyword arguments giving each method one colour in all figures."""
+    present = set(methods)
+    order = [m for m in METHOD_ORDER if m in present] + sorted(present - set(METHOD_ORDER))
+    colours = sns.color_palette("tab10", 10)
+    known = {m: colours[i] for i, m in enumerate(METHOD_ORDER)}
+    extra = iter(colours[len(METHOD_ORDER) :] * 10)
+    return {"hue_order": order, "palette": {m: known.get(m) or next(extra) for m in order}}
 
 
 def save(fig, png: str | Path, pdf: str | Path) -> None:
@@ -170,6 +182,7 @@ def training_curves(runs: pd.DataFrame, png: str | Path, pdf: str | Path) -> Non
                     x=x,
                     y="loss",
                     hue="method",
+                    **method_hue(h["method"]),
                     style="schedule",
                     ax=ax,
                     errorbar=None,
@@ -184,7 +197,12 @@ def training_curves(runs: pd.DataFrame, png: str | Path, pdf: str | Path) -> Non
 def efficiency(
     runs: pd.DataFrame, png: str | Path, pdf: str | Path, metric: str | None = None
 ) -> None:
-    """Final headline metric against training wall time, one point per run (quality per compute)."""
+    """Quality per compute: distance to M and a distributional metric of the EMA model against
+    training steps and training wall time (RUN/probes.csv, written when probe_every > 0), one row
+    per dataset, mean over seeds. Without probes: the final headline metric against wall time."""
+    pr = read_run_csvs(runs, "probes.csv")
+    if not pr.empty and "dist_mean" in pr:
+        return _efficiency_probes(pr, png, pdf)
     ok = ok_runs(runs)
     metric = pick_metric(ok, metric)
     wall = next(
@@ -199,16 +217,61 @@ def efficiency(
     fig, axes = facet_axes(len(datasets), min(3, max(1, len(datasets))))
     for ax, d in zip(axes, datasets, strict=True):
         sns.scatterplot(
-            data[data["dataset"] == d], x=wall, y=metric, hue="method", style="schedule", ax=ax
+            data[data["dataset"] == d],
+            x=wall,
+            y=metric,
+            hue="method",
+            style="schedule",
+            ax=ax,
+            **method_hue(data["method"]),
         )
         ax.set(xscale="log", title=d)
+    save(fig, png, pdf)
+
+
+#: distributional metric of the efficiency figure, first one a dataset's probes have
+PROBE_METRICS = ("tv", "mmd2_h0.3", "marginal_mae")
+
+
+def _efficiency_probes(pr: pd.DataFrame, png: str | Path, pdf: str | Path) -> None:
+    datasets = sorted(pr["dataset"].unique())
+    fig, axes = plt.subplots(
+        len(datasets), 4, figsize=(13, 2.9 * len(datasets)), squeeze=False, layout="constrained"
+    )
+    hue = method_hue(pr["method"])
+    for row, d in zip(axes, datasets, strict=True):
+        sub = pr[pr["dataset"] == d]
+        metric = next((m for m in PROBE_METRICS if m in sub and sub[m].notna().any()), None)
+        for ax, (y, x) in zip(
+            row,
+            [("dist_mean", "step"), ("dist_mean", "wall_time"), (metric, "step"),
+             (metric, "wall_time")],
+            strict=True,
+        ):  # fmt: skip
+            if y is None:
+                ax.set_visible(False)
+                continue
+            # against steps: mean over seeds; against wall time (which differs by seed): one
+            # line per seed
+            per_seed = {"units": "seed", "estimator": None} if x == "wall_time" else {}
+            sns.lineplot(
+                sub, x=x, y=y, hue="method", style="schedule", errorbar=None, marker="o",
+                ax=ax, legend=ax is axes[0][0], **hue, **per_seed,
+            )  # fmt: skip
+            positive = (sub[y].dropna() > 0).all()
+            ax.set(
+                yscale="log" if positive else "symlog",
+                xlabel="training step" if x == "step" else "training wall time (s)",
+                ylabel="mean distance to M" if y == "dist_mean" else y,
+                title=d,
+            )
     save(fig, png, pdf)
 
 
 def score_error(runs: pd.DataFrame, png: str | Path, pdf: str | Path) -> None:
     """Exact score error against sigma per method (RUN/score_error.csv), log-log, 95 % CI band."""
     c = read_run_csvs(runs, "score_error.csv")
-    if c.empty or not {"sigma", "score_error"} <= set(c.columns):
+    if c.empty or not {"sigma", "mse"} <= set(c.columns):
         return placeholder(png, pdf, "exact score error", "no run wrote score_error.csv")
     datasets = sorted(c["dataset"].unique())
     fig, axes = facet_axes(len(datasets), min(3, len(datasets)))
@@ -216,9 +279,10 @@ def score_error(runs: pd.DataFrame, png: str | Path, pdf: str | Path) -> None:
         sns.lineplot(
             c[c["dataset"] == d],
             x="sigma",
-            y="score_error",
+            y="mse",
             hue="method",
             style="schedule",
+            **method_hue(c["method"]),
             errorbar=("ci", 95),
             seed=0,
             ax=ax,
@@ -248,6 +312,7 @@ def schedules(
             seed=0,
             dodge=0.3,
             ax=ax,
+            **method_hue(data["method"]),
         )
         ax.set(title=d)
     save(fig, png, pdf)
