@@ -87,6 +87,11 @@ def results(tmp_path_factory) -> Path:
     statuses += [fake_run(root, "earth_volcano", m, s) for m in METHODS[:2] for s in SEEDS]
     A.write_tables(statuses, root / "tables", ["discrete", "earth"])
     (root / "figures").mkdir()
+    (root / "rate_separation").mkdir()
+    (root / "rate_separation" / "slopes.csv").write_text(
+        "manifold,family,quantity,score,alpha,beta,error_type,slope,ci_low,ci_high,predicted,x\n"
+        "circle,anatomy,normal,exact,0.0,,none,-0.99993,-1.0067,-0.9918,-1.0,1\n"
+    )
     build_dashboard(
         root / "tables" / "runs.csv",
         root / "tables",
@@ -95,6 +100,13 @@ def results(tmp_path_factory) -> Path:
         root,
     )
     return root
+
+
+def test_rate_separation_slopes_are_shown_beside_their_predictions(results):
+    page = (results / "dashboard" / "index.html").read_text()
+    section = page[page.index("<h2>Rate separation</h2>") :]
+    assert "<td>circle</td>" in section and "<td>-1</td>" in section  # slope to 3 digits
+    assert "../rate_separation/slopes.csv" in section and "<th>x</th>" not in section
 
 
 def test_t_interval_matches_the_student_t_quantile():

@@ -126,23 +126,9 @@ def rate_separation_section(results: Path) -> str:
     if not path.exists():
         return "<p>Not run (madbench rate-separation, or the pipeline's rate_separation rule).</p>"
     df = pd.read_csv(path)
-    cols = [
-        c
-        for c in (
-            "manifold",
-            "family",
-            "quantity",
-            "score",
-            "alpha",
-            "beta",
-            "error_type",
-            "slope",
-            "ci_low",
-            "ci_high",
-            "predicted",
-        )
-        if c in df
-    ]
+    from madbench.rate_separation.cli import SLOPE_COLUMNS
+
+    cols = [c for c in SLOPE_COLUMNS if c in df]
     df = df[cols].copy()
     for c in ("slope", "ci_low", "ci_high", "predicted"):
         if c in df:
