@@ -23,6 +23,7 @@ Heat kernel (Brownian motion, generator Laplace-Beltrami / 2), theta = d(x, x0):
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -99,9 +100,15 @@ def _s2_series(theta: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
     return torch.log(s), torch.special.sinc(theta / math.pi) * ds / s
 
 
+@functools.lru_cache(maxsize=4)
+def _leggauss(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Gauss-Legendre nodes and weights on [-1, 1] (an eigenvalue problem: computed once)."""
+    return np.polynomial.legendre.leggauss(n)
+
+
 def _s2_quad_logp(theta: Tensor, t: Tensor) -> Tensor:
     """log p_t(theta) on S^2 from the Mehler-Dirichlet integral (module docstring), t < 1/2."""
-    x, w = np.polynomial.legendre.leggauss(_GL_NODES)
+    x, w = _leggauss(_GL_NODES)
     x = torch.as_tensor(x, dtype=theta.dtype, device=theta.device)
     w = torch.as_tensor(w, dtype=theta.dtype, device=theta.device)
     th, tt = theta.unsqueeze(-1), t.unsqueeze(-1)
