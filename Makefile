@@ -47,6 +47,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_base_score.py
 	$(BIN)/python benchmarks/bench_train.py
 	$(BIN)/python benchmarks/bench_evaluate.py
+	$(BIN)/python benchmarks/accuracy.py
 
 ## clean-results: delete everything the pipeline wrote under results/ (keeps results/README.md)
 clean-results:
