@@ -174,6 +174,16 @@ STUB = r'''#!{python}
 import argparse, json, os, sys
 from pathlib import Path
 import numpy as np, pandas as pd
+if sys.argv[1] == "rate-separation":
+    res = Path(sys.argv[sys.argv.index("--results") + 1])
+    (res / "rate_separation").mkdir(parents=True, exist_ok=True)
+    for name in ("curves", "slopes"):
+        (res / "rate_separation" / f"{{name}}.csv").write_text("manifold,slope\ncircle,-1.0\n")
+    for fig in ("anatomy", "tolerance", "tempering"):
+        for ext in ("png", "pdf"):
+            (res / "figures").mkdir(parents=True, exist_ok=True)
+            (res / "figures" / f"rate_separation_{{fig}}.{{ext}}").write_bytes(b"stub")
+    sys.exit(0)
 p = argparse.ArgumentParser()
 p.add_argument("cmd")
 for a in ("--dataset", "--method", "--schedule", "--seed", "--steps", "--out", "--device",
