@@ -38,10 +38,8 @@ from madbench.data.base import Dataset, register_dataset
 from madbench.manifolds._rotations import angle_so3, exp_so3, quaternion_to_matrix
 from madbench.manifolds.matrix_fisher import (
     log_normaliser,
+    log_normaliser_and_mean,
     sample_matrix_fisher,
-)
-from madbench.manifolds.matrix_fisher import (
-    mean as mf_mean,
 )
 from madbench.manifolds.so3 import LOG_VOLUME_FROBENIUS, SO3
 
@@ -124,9 +122,8 @@ class MatrixFisherMixture(Dataset):
         if not torch.all(s2 > 0):
             raise ValueError("sigma must be > 0")
         g = self.f.to(x.device)[None] + xm[:, None] / s2[:, :, None, None]  # (n, K, 3, 3)
-        g = g.reshape(n * k, 3, 3)
-        log_cg = log_normaliser(g)
-        means = mf_mean(g).reshape(n, k, 9)
+        log_cg, means = log_normaliser_and_mean(g.reshape(n * k, 3, 3))
+        means = means.reshape(n, k, 9)
         log_terms = self.weights.to(x.device).log() + log_cg.reshape(n, k) - self.log_c.to(x.device)
         sq = (xm.reshape(n, 9) ** 2).sum(-1)
         sig2 = s2.squeeze(-1)

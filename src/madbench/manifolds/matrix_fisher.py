@@ -46,6 +46,7 @@ __all__ = [
     "ASYMPTOTIC_GAMMA",
     "bingham_matrix",
     "log_normaliser",
+    "log_normaliser_and_mean",
     "log_normaliser_and_mean_diag",
     "mean",
     "proper_svd",
@@ -201,12 +202,6 @@ def _as_matrices(f: Tensor) -> Tensor:
     raise ValueError(f"F must have shape (n, 3, 3) or (n, 9), got {tuple(f.shape)}")
 
 
-def log_normaliser(f: Tensor) -> Tensor:
-    """log c(F) = log E_Haar exp(tr(F^T R)) for F (n, 3, 3) or (n, 9); float64 (n,)."""
-    _, s, _ = proper_svd(_as_matrices(f).double())
-    return log_normaliser_and_mean_diag(s)[0]
-
-
 def _mean_jacobian(s: Tensor) -> Tensor:
     """H[:, i, k] = d m_i / d s_k, m = d log c / d s (the Hessian of log c), shape (n, 3, 3).
 
@@ -224,9 +219,11 @@ def _mean_jacobian(s: Tensor) -> Tensor:
     return torch.stack(rows, 1).detach()
 
 
-class _MeanFunction(torch.autograd.Function):
-    """F -> E_MF(F)[R] = U diag(m(s)) V^T, m = d log c / d s, with a backward that stays exact
-    when singular values coincide.
+class _LogNormaliserAndMean(torch.autograd.Function):
+    """F -> (log c(F), E_MF(F)[R] = U diag(m(s)) V^T), m = d log c / d s, from one SVD, with a
+    backward that stays exact when singular values coincide.
+
+    The gradient of log c(F) is E[R] itself. For E[R]:
 
     Autograd through ``torch.linalg.svd`` divides by s_i^2 - s_j^2 and returns NaN (or wrong
     values) at repeated singular values, which is exactly where MAD evaluates s_base: at points
@@ -240,18 +237,19 @@ class _MeanFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, f: Tensor) -> Tensor:
+    def forward(ctx, f: Tensor) -> tuple[Tensor, Tensor]:
         u, s, v = proper_svd(f)
-        _, delta = log_normaliser_and_mean_diag(s)
+        log_c, delta = log_normaliser_and_mean_diag(s)
         m = 1 - delta
+        mean = (u * m[:, None, :]) @ v.transpose(-1, -2)
         # The Hessian once here, not in every backward: a divergence takes D = 9 backwards.
         h = _mean_jacobian(s) if ctx.needs_input_grad[0] else None
-        ctx.save_for_backward(u, s, v, m, h)
-        return (u * m[:, None, :]) @ v.transpose(-1, -2)
+        ctx.save_for_backward(u, s, v, m, h, mean)
+        return log_c, mean
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:
-        u, s, v, m, h = ctx.saved_tensors
+    def backward(ctx, grad_log_c: Tensor, grad: Tensor) -> Tensor:
+        u, s, v, m, h, mean = ctx.saved_tensors
         tol = 1e-5 * (1 + s.abs().amax(-1))[:, None, None]
         om = u.transpose(-1, -2) @ grad @ v
         ds = s[:, :, None] - s[:, None, :]
@@ -269,13 +267,24 @@ class _MeanFunction(torch.autograd.Function):
         eye = torch.eye(3, dtype=om.dtype, device=om.device)
         diag = (h @ torch.diagonal(om, dim1=-2, dim2=-1)[..., None])[..., 0]
         gam = gam * (1 - eye) + torch.diag_embed(diag)
-        return u @ gam @ v.transpose(-1, -2)
+        return grad_log_c[:, None, None] * mean + u @ gam @ v.transpose(-1, -2)
+
+
+def log_normaliser_and_mean(f: Tensor) -> tuple[Tensor, Tensor]:
+    """(log c(F) (n,), E[R] = U diag(d log c / d s) V^T (n, 3, 3)) for F (n, 3, 3) or (n, 9),
+    float64, from one SVD; differentiable in F, also at repeated singular values (see
+    :class:`_LogNormaliserAndMean`)."""
+    return _LogNormaliserAndMean.apply(_as_matrices(f).double())
+
+
+def log_normaliser(f: Tensor) -> Tensor:
+    """log c(F) = log E_Haar exp(tr(F^T R)) for F (n, 3, 3) or (n, 9); float64 (n,)."""
+    return log_normaliser_and_mean(f)[0]
 
 
 def mean(f: Tensor) -> Tensor:
-    """E[R] under MF(F) = U diag(d log c / d s) V^T, float64 (n, 3, 3); differentiable in F,
-    also at repeated singular values (see :class:`_MeanFunction`)."""
-    return _MeanFunction.apply(_as_matrices(f).double())
+    """E[R] under MF(F), float64 (n, 3, 3) (see :func:`log_normaliser_and_mean`)."""
+    return log_normaliser_and_mean(f)[1]
 
 
 # ----------------------------------------------------------------------------- sampler
