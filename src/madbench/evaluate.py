@@ -142,15 +142,6 @@ def distribution_metrics(kind: str, dataset, x: Tensor, y: Tensor, prefix: str) 
     return out
 
 
-def ve_score(method, y: Tensor, sigma: float) -> Tensor:
-    """The model's score in VE coordinates at noise level sigma (see module docstring)."""
-    sched = method.schedule
-    t = sched.t_of_sigma(torch.tensor(sigma, dtype=torch.float64)).item()
-    a = float(sched.alpha(t))
-    tt = torch.full((y.shape[0],), t, dtype=y.dtype, device=y.device)
-    return a * method.score(a * y, tt)
-
-
 def score_sigma_grid(schedule, n_sigmas: int) -> np.ndarray:
     """The log-spaced sigma grid of the score-error curve: the schedule's range within
     [1e-3, 10] (where the exact targets are accurate and the training weight lives)."""
@@ -168,11 +159,12 @@ def score_error(method, dataset, x0: Tensor, n_sigmas: int, seed: int) -> pd.Dat
     """
     if method.intrinsic or not dataset.has_score:
         return None
-    net = getattr(method, "net", None)
-    model_dtype = next(net.parameters()).dtype if net is not None else torch.float64
+    from madbench.likelihood import infer_score_dtype, ve_score
+
+    dtype = infer_score_dtype(method.score)
 
     def model(y: Tensor, sigma: float) -> Tensor:
-        return ve_score(method, y.to(model_dtype), sigma).double()
+        return ve_score(method.score, method.schedule, y, sigma, dtype).double()
 
     def truth(y: Tensor, sigma: float) -> Tensor:
         return dataset.score(y.double(), sigma).double()

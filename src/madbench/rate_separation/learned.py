@@ -40,17 +40,15 @@ def load_method(run_dir: str | Path):
 
 def ve_score_fn(method) -> Callable[[Tensor, float], Tensor]:
     """(x, sigma) -> a s_theta(a x, t(sigma)) with a = alpha(t): the model score in VE units."""
-    sched = method.schedule
-    net = getattr(method, "net", None)
-    param = next(net.parameters(), None) if net is not None else None
+    from madbench.likelihood import infer_score_dtype, ve_score
+
+    dtype = infer_score_dtype(method.score)
+    device = getattr(method, "device", None)  # None: score where x lives
 
     @torch.no_grad()
     def f(x: Tensor, sigma: float) -> Tensor:
-        t = sched.t_of_sigma(torch.tensor(float(sigma), dtype=torch.float64))
-        a = float(sched.alpha(t))
-        xin = x if param is None else x.to(param.device, param.dtype)
-        tt = torch.full((x.shape[0],), float(t), dtype=xin.dtype, device=xin.device)
-        return (a * method.score(a * xin, tt)).to(x.dtype).to(x.device)
+        xin = x if device is None else x.to(device)
+        return ve_score(method.score, method.schedule, xin, float(sigma), dtype).to(x.device)
 
     return f
 
