@@ -18,8 +18,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 from madbench.config import ConfigError
 
 
@@ -123,13 +121,13 @@ def cmd_train(args: argparse.Namespace) -> None:
 def cmd_sample(args: argparse.Namespace) -> None:
     import torch
 
-    from madbench._utils import atomic_write, make_generator
+    from madbench._utils import make_generator
     from madbench.runs import load_run
 
     if args.n < 1 or args.steps < 1:
         raise UsageError(f"--n and --steps must be >= 1, got {args.n} and {args.steps}")
     run = load_run(args.run, device=args.device)
-    from madbench.sampling import sample
+    from madbench.sampling import sample, save_samples
 
     seed = run.cfg.seed if args.seed is None else args.seed
     gen = make_generator(seed, run.device)
@@ -139,21 +137,16 @@ def cmd_sample(args: argparse.Namespace) -> None:
     wall = time.perf_counter() - t0
     raw, proj = out["raw"].detach().cpu(), out["projected"].detach().cpu()
     dist = run.method.manifold.distance_to_manifold(raw.double())
-    arrays = dict(
-        raw=raw.numpy(),
-        projected=proj.numpy(),
-        dist_to_manifold=dist.numpy(),
-        seed=np.int64(seed),
-        steps=np.int64(args.steps),
-        sampler=np.str_(args.sampler or "default"),
-        wall_time_s=np.float64(wall),
+    save_samples(
+        args.out,
+        raw=raw,
+        projected=proj,
+        dist_to_manifold=dist,
+        seed=seed,
+        steps=args.steps,
+        sampler=args.sampler,
+        wall_time_s=wall,
     )
-
-    def write(p: Path) -> None:
-        with open(p, "wb") as fh:
-            np.savez(fh, **arrays)
-
-    atomic_write(args.out, write)
     print(
         f"{args.n} samples of {run.method.name} in {wall:.2f} s -> {args.out} "
         f"(mean distance to M before projection {float(dist.mean()):.3g})"

@@ -384,7 +384,8 @@ def evaluate_run(
     """Compute metrics for one run without writing anything.
 
     Returns (metrics, extra tables, samples): samples holds the evaluation's own draws (raw,
-    projected, dist_to_manifold, seed, steps, sampler), the arrays ``madbench sample`` writes.
+    projected, dist_to_manifold, seed, steps, sampler): the arguments of
+    :func:`madbench.sampling.save_samples`.
     """
     from madbench.runs import load_run
     from madbench.sampling import sample
@@ -423,12 +424,12 @@ def evaluate_run(
         raise EvaluationError(f"{run_dir}: the sampler produced non-finite samples")
     dist = method.manifold.distance_to_manifold(raw)
     samples = dict(
-        raw=raw.float().numpy(),
-        projected=proj.float().numpy(),
-        dist_to_manifold=dist.numpy(),
-        seed=np.int64(seed + 5000),
-        steps=np.int64(cfg["sample_steps"]),
-        sampler=np.str_(cfg["sampler"] or "default"),
+        raw=raw.float(),
+        projected=proj.float(),
+        dist_to_manifold=dist,
+        seed=seed + 5000,
+        steps=cfg["sample_steps"],
+        sampler=cfg["sampler"],
     )
     out.update({f"dist_{k}": float(v) for k, v in M.adherence_stats(dist).items()})
 
@@ -475,18 +476,15 @@ def main(
     Nothing is written unless the whole evaluation succeeds, so an earlier metrics file is
     never replaced by a partial one.
     """
+    from madbench.sampling import save_samples
+
     out = Path(out)
     t0 = time.perf_counter()
     metrics, tables, samples = evaluate_run(run_dir, overrides, device)
     metrics["eval_wall_time_s"] = time.perf_counter() - t0
     for name, df in tables.items():
         atomic_write(out.parent / f"{name}.csv", lambda p, df=df: df.to_csv(p, index=False))
-
-    def write_samples(p: Path) -> None:
-        with open(p, "wb") as fh:
-            np.savez(fh, **samples)
-
-    atomic_write(out.parent / "samples.npz", write_samples)
+    save_samples(out.parent / "samples.npz", **samples)
     clean = {k: _finite_or_none(v) for k, v in metrics.items()}
     atomic_write(out, lambda p: p.write_text(json.dumps(clean, indent=1, sort_keys=True)))
     return metrics

@@ -38,11 +38,14 @@ noise is drawn on the generator's device, so a CPU generator seeds a CUDA run to
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
+from madbench._utils import atomic_write
 from madbench.likelihood import call_score, t_of_heat_time, ve_score
 from madbench.ode import dopri5
 
@@ -119,6 +122,37 @@ def sample(
         y = _pf_ode(method, n, steps, generator, device, dtype, sampler, rtol, atol)
         raw = _finish_y(method, y, denoise)
     return {"raw": raw, "projected": method.manifold.project(raw)}
+
+
+def save_samples(
+    path: str | Path,
+    *,
+    raw: Tensor,
+    projected: Tensor,
+    dist_to_manifold: Tensor,
+    seed: int,
+    steps: int,
+    sampler: str | None,
+    **extra: float,
+) -> None:
+    """Write samples as an .npz (atomically): raw, projected, dist_to_manifold, seed, steps,
+    sampler ("default" for the method's default) and any extra scalar (e.g. wall_time_s).
+    The format of ``madbench sample`` and of the samples.npz ``madbench evaluate`` writes."""
+    arrays = dict(
+        raw=raw.detach().cpu().numpy(),
+        projected=projected.detach().cpu().numpy(),
+        dist_to_manifold=dist_to_manifold.detach().cpu().numpy(),
+        seed=np.int64(seed),
+        steps=np.int64(steps),
+        sampler=np.str_(sampler or "default"),
+        **{k: np.float64(v) for k, v in extra.items()},
+    )
+
+    def write(p: Path) -> None:
+        with open(p, "wb") as fh:
+            np.savez(fh, **arrays)
+
+    atomic_write(path, write)
 
 
 # ------------------------------------------------------------------------------ ambient
