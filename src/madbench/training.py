@@ -434,21 +434,15 @@ def probe(st: TrainState, cfg: TrainConfig) -> dict[str, float]:
     return row
 
 
-def _append_probe(path: Path, row: dict[str, float]) -> None:
+def _append_row(path: Path, row: dict[str, float], columns: tuple[str, ...] | None = None) -> None:
+    """Append ``row`` to the csv ``path`` (header first if new); ``columns`` default: row order.
+    Floats are written by repr (exact round trip), so a resumed run's rows read back equal."""
+    columns = tuple(row) if columns is None else columns
     new = not path.exists()
     with open(path, "a") as fh:
         if new:
-            fh.write(",".join(row) + "\n")
-        fh.write(",".join(str(v) for v in row.values()) + "\n")
-
-
-def _append_history(path: Path, row: dict[str, float]) -> None:
-    new = not path.exists()
-    with open(path, "a") as fh:
-        if new:
-            fh.write(",".join(HISTORY_COLUMNS) + "\n")
-        fh.write(",".join(repr(row[c]) if c != "step" else str(row[c]) for c in HISTORY_COLUMNS))
-        fh.write("\n")
+            fh.write(",".join(columns) + "\n")
+        fh.write(",".join(repr(row[c]) for c in columns) + "\n")
 
 
 def _check_finite(losses: list[Tensor], first_step: int, cfg: TrainConfig) -> list[float]:
@@ -626,7 +620,7 @@ def _loop(cfg, st: TrainState, out: Path, log, tty: bool, stop_after, wb) -> dic
                 "steps_per_s": sps,
                 "wall_time": st.elapsed,
             }
-            _append_history(out / HISTORY, row)
+            _append_row(out / HISTORY, row, HISTORY_COLUMNS)
             wb.log(row)
             bar.set_postfix(loss=f"{last:.4g}", it_s=f"{sps:.1f}")
             log.info(
@@ -635,7 +629,7 @@ def _loop(cfg, st: TrainState, out: Path, log, tty: bool, stop_after, wb) -> dic
             if is_probe:  # outside the timed region: wall_time stays training time
                 t_probe = time.perf_counter()
                 pr = probe(st, cfg)
-                _append_probe(
+                _append_row(
                     out / PROBES,
                     {"step": st.step, "wall_time": st.elapsed, **pr,
                      "probe_time_s": time.perf_counter() - t_probe},
