@@ -108,3 +108,16 @@ class RiemannianManifold(Manifold):
             z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
             x = self.exp(x, torch.sqrt(dt) * self.to_tangent(x, z))
         return x
+
+
+def as_heat_time(t: float | Tensor, n: int, device: torch.device) -> Tensor:
+    """Heat-kernel time t (a float or shape (n,)) as a float64 tensor (n,), checked > 0."""
+    tt = torch.as_tensor(t, dtype=torch.float64, device=device)
+    if tt.ndim == 0:
+        tt = tt.expand(n)
+    tt = tt.reshape(-1)
+    if tt.shape != (n,):
+        raise ValueError(f"t must be a float or have shape ({n},), got {tuple(tt.shape)}")
+    if not torch.all(tt > 0):
+        raise ValueError("heat-kernel time t must be > 0")
+    return tt

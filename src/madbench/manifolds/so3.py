@@ -41,7 +41,7 @@ from madbench.manifolds._rotations import (
     quaternion_to_matrix,
     vee,
 )
-from madbench.manifolds.base import RiemannianManifold
+from madbench.manifolds.base import RiemannianManifold, as_heat_time
 from madbench.manifolds.matrix_fisher import mean as mf_mean
 from madbench.manifolds.matrix_fisher import proper_svd
 
@@ -81,16 +81,6 @@ def rotation_angle(x: Tensor, y: Tensor | None = None) -> Tensor:
 
 
 # ----------------------------------------------------------------------------- IGSO(3)
-def _as_time(t: float | Tensor, n: int, device: torch.device) -> Tensor:
-    tt = torch.as_tensor(t, dtype=torch.float64, device=device)
-    if tt.ndim == 0:
-        tt = tt.expand(n)
-    tt = tt.reshape(-1)
-    if tt.shape != (n,):
-        raise ValueError(f"t must be a float or have shape ({n},), got {tuple(tt.shape)}")
-    if not torch.all(tt > 0):
-        raise ValueError("heat-kernel time t must be > 0")
-    return tt
 
 
 def _e_and_de(y: Tensor) -> tuple[Tensor, Tensor]:
@@ -275,13 +265,13 @@ class SO3(RiemannianManifold):
     # ------------------------------------------------------------------ heat kernel
     def heat_kernel_log_prob(self, x: Tensor, x0: Tensor, t: float | Tensor) -> Tensor:
         """log p_t(x | x0) w.r.t. the Frobenius volume: log f(omega, t/2) - LOG_VOLUME_FROBENIUS."""
-        tt = _as_time(t, _mats(x).shape[0], x.device)
+        tt = as_heat_time(t, _mats(x).shape[0], x.device)
         omega = rotation_angle(x0.double(), x.double())
         return (igso3_log_density(omega, tt / 2)[0] - LOG_VOLUME_FROBENIUS).to(x.dtype)
 
     def heat_kernel_score(self, x: Tensor, x0: Tensor, t: float | Tensor) -> Tensor:
         """Riemannian (Frobenius) gradient in x of log p_t(x | x0): (g / 2) log_x(x0)."""
-        tt = _as_time(t, _mats(x).shape[0], x.device)
+        tt = as_heat_time(t, _mats(x).shape[0], x.device)
         xd, x0d = x.double(), x0.double()
         omega = rotation_angle(x0d, xd)
         _, g = igso3_log_density(omega, tt / 2, need_grad=True)
@@ -292,6 +282,6 @@ class SO3(RiemannianManifold):
     ) -> Tensor:
         """Exact draw x0 Exp(phi), phi an IGSO(3) rotation vector at half-trace time t/2."""
         xm = _mats(x0, "x0").double()
-        tt = _as_time(t, xm.shape[0], x0.device)
+        tt = as_heat_time(t, xm.shape[0], x0.device)
         phi = sample_igso3_angle(tt / 2, generator)
         return (xm @ exp_so3(phi)).reshape(-1, 9).to(x0.dtype)

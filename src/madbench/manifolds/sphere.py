@@ -32,7 +32,7 @@ from torch import Tensor
 
 from madbench._utils import as_sigma
 from madbench.manifolds._bessel import vmf_mean_resultant
-from madbench.manifolds.base import RiemannianManifold
+from madbench.manifolds.base import RiemannianManifold, as_heat_time
 
 _S2_SERIES_T = 0.5  # t at and above which the Legendre series is used everywhere on S^2
 _GL_NODES = 64
@@ -41,20 +41,6 @@ _RW_STEPS = 1000
 
 def _rows(x: Tensor, y: Tensor) -> Tensor:
     return (x * y).sum(-1, keepdim=True)
-
-
-def _as_time(t: float | Tensor, n: int, device: torch.device) -> Tensor:
-    """t as a float64 tensor of shape (n,), checked positive."""
-    tt = torch.as_tensor(t, dtype=torch.float64, device=device)
-    if tt.ndim == 0:
-        tt = tt.expand(n)
-    elif tt.shape != (n,):
-        tt = tt.reshape(-1)
-        if tt.shape != (n,):
-            raise ValueError(f"t must be a float or have shape ({n},), got {tuple(tt.shape)}")
-    if not torch.all(tt > 0):
-        raise ValueError("heat-kernel time t must be > 0")
-    return tt
 
 
 # ----------------------------------------------------------------------------- circle kernel
@@ -278,7 +264,7 @@ class Sphere(RiemannianManifold):
         self._check(x)
         self._check(x0, "x0")
         self._no_closed_form()
-        tt = _as_time(t, x.shape[0], x.device)
+        tt = as_heat_time(t, x.shape[0], x.device)
         if self.dim == 1:
             return circle_log_heat(self._signed_angle(x, x0), tt).to(x.dtype)
         theta = self.geodesic_distance(x.double(), x0.double())
@@ -292,7 +278,7 @@ class Sphere(RiemannianManifold):
         self._check(x)
         self._check(x0, "x0")
         self._no_closed_form()
-        tt = _as_time(t, x.shape[0], x.device)
+        tt = as_heat_time(t, x.shape[0], x.device)
         xd, x0d = x.double(), x0.double()
         if self.dim == 1:
             dlp = circle_dlog_heat(self._signed_angle(xd, x0d), tt)
@@ -309,7 +295,7 @@ class Sphere(RiemannianManifold):
         on S^d, d >= 3, the geodesic random walk with 1000 steps."""
         self._check(x0, "x0")
         n = x0.shape[0]
-        tt = _as_time(t, n, x0.device)
+        tt = as_heat_time(t, n, x0.device)
         if self.dim > 2:
             return self.random_walk(x0, tt.to(x0.dtype), n_steps=_RW_STEPS, generator=generator)
         if self.dim == 1:

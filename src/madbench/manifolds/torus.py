@@ -14,8 +14,8 @@ import torch
 from torch import Tensor
 
 from madbench._utils import as_sigma
-from madbench.manifolds.base import RiemannianManifold
-from madbench.manifolds.sphere import Sphere, _as_time
+from madbench.manifolds.base import RiemannianManifold, as_heat_time
+from madbench.manifolds.sphere import Sphere
 
 _CIRCLE = Sphere(1)
 
@@ -97,17 +97,17 @@ class Torus(RiemannianManifold):
 
     def heat_kernel_log_prob(self, x: Tensor, x0: Tensor, t: float | Tensor) -> Tensor:
         """sum_i log wrapped-normal(theta_i; t), w.r.t. the volume (2 pi)^n measure, (N,)."""
-        tt = self._per_circle(_as_time(t, x.shape[0], x.device))
+        tt = self._per_circle(as_heat_time(t, x.shape[0], x.device))
         lp = _CIRCLE.heat_kernel_log_prob(self._split(x), self._split(x0, "x0"), tt)
         return lp.reshape(-1, self.n).sum(-1)
 
     def heat_kernel_score(self, x: Tensor, x0: Tensor, t: float | Tensor) -> Tensor:
-        tt = self._per_circle(_as_time(t, x.shape[0], x.device))
+        tt = self._per_circle(as_heat_time(t, x.shape[0], x.device))
         return self._join(_CIRCLE.heat_kernel_score(self._split(x), self._split(x0, "x0"), tt))
 
     def sample_heat_kernel(
         self, x0: Tensor, t: float | Tensor, generator: torch.Generator | None = None
     ) -> Tensor:
         """Exact: independent wrapped normals with variance t on each circle."""
-        tt = self._per_circle(_as_time(t, x0.shape[0], x0.device))
+        tt = self._per_circle(as_heat_time(t, x0.shape[0], x0.device))
         return self._join(_CIRCLE.sample_heat_kernel(self._split(x0, "x0"), tt, generator))
