@@ -81,41 +81,24 @@ QUICK = Config(
 FULL = Config()
 
 
+#: Coordinates shared by curve rows and slope rows (their first columns, in this order).
+_COORDS = dict(
+    manifold="circle",
+    family="",
+    quantity="",
+    score="exact",
+    alpha=0.0,
+    beta=np.nan,
+    error_type="none",
+)
+
+
 def _row(**kw) -> dict:
-    base = dict(
-        manifold="circle",
-        family="",
-        quantity="",
-        score="exact",
-        alpha=0.0,
-        beta=np.nan,
-        error_type="none",
-        c=0.0,
-        sigma=np.nan,
-        value=np.nan,
-        se=np.nan,
-        source="",
-    )
-    base.update(kw)
-    return base
+    return {**_COORDS, "c": 0.0, "sigma": np.nan, "value": np.nan, "se": np.nan, "source": "", **kw}
 
 
 def _slope_row(fit_slope, lo, hi, pred, **kw) -> dict:
-    r = dict(
-        manifold="circle",
-        family="",
-        quantity="",
-        score="exact",
-        alpha=0.0,
-        beta=np.nan,
-        error_type="none",
-        slope=fit_slope,
-        ci_low=lo,
-        ci_high=hi,
-        predicted=pred,
-    )
-    r.update(kw)
-    return r
+    return {**_COORDS, "slope": fit_slope, "ci_low": lo, "ci_high": hi, "predicted": pred, **kw}
 
 
 def run_anatomy(target: AnatomyTarget, cfg: Config, generator: torch.Generator):
@@ -386,30 +369,13 @@ def run_tempering(targets: dict, cfg: Config, extra_scores: dict | None = None, 
                     f"{o['n_steps']} steps"
                 )
                 common = dict(manifold=name, family="tempering", score=sname, alpha=a, sigma=s)
-                curves.append(
-                    _row(
-                        quantity="moment_mmd",
-                        value=positive_sqrt(o["mmd2"]),
-                        source="langevin_data",
-                        **common,
-                    )
-                )
-                curves.append(
-                    _row(
-                        quantity="moment_mmd_floor",
-                        value=positive_sqrt(o["mmd2_floor"]),
-                        source="uniform",
-                        **common,
-                    )
-                )
-                curves.append(
-                    _row(
-                        quantity="moment_mmd_data",
-                        value=positive_sqrt(o["mmd2_data"]),
-                        source="data",
-                        **common,
-                    )
-                )
+                for quantity, key, source in (
+                    ("moment_mmd", "mmd2", "langevin_data"),
+                    ("moment_mmd_floor", "mmd2_floor", "uniform"),
+                    ("moment_mmd_data", "mmd2_data", "data"),
+                ):
+                    value = positive_sqrt(o[key])
+                    curves.append(_row(quantity=quantity, value=value, source=source, **common))
                 curves.append(
                     _row(quantity="dist", value=o["dist"], source="langevin_data", **common)
                 )
