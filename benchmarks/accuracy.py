@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from test_so3 import LEE_CASES, _ref_lee  # noqa: E402
+from test_so3 import lee_errors  # noqa: E402
 from test_sphere import _mp_s2_log_heat  # noqa: E402
 
 from madbench.data import get_dataset  # noqa: E402
@@ -46,18 +46,6 @@ def sphere_base_score(dim: int) -> float:
     with mpmath.workdps(30):
         a = np.array([float(mpmath.besseli(nu + 1, k) / mpmath.besseli(nu, k)) for k in r / s**2])
     return float(np.max(np.abs(got - (a - r) / s**2) / ((a + r) / s**2)))
-
-
-def so3_lee() -> tuple[float, float]:
-    """log c (error relative to max(1, |log c|)) and 1 - d (absolute) vs scipy quad."""
-    s = torch.tensor(LEE_CASES, dtype=F64)
-    log_c, delta = mf.log_normaliser_and_mean_diag(s)
-    err_c, err_d = 0.0, 0.0
-    for i, case in enumerate(LEE_CASES):
-        ref_c, ref_d = _ref_lee(case)
-        err_c = max(err_c, abs(log_c[i].item() - ref_c) / max(1.0, abs(ref_c)))
-        err_d = max(err_d, float(np.abs((1 - delta[i].numpy()) - ref_d).max()))
-    return err_c, err_d
 
 
 def so3_base_score_fd() -> float:
@@ -114,7 +102,7 @@ def toy_score() -> float:
 
 
 def main() -> None:
-    c, d = so3_lee()
+    c, d = lee_errors()
     rows = {
         "circle base_score (rel, vs mpmath Bessel ratio)": sphere_base_score(1),
         "S^2 base_score (rel, vs mpmath Bessel ratio)": sphere_base_score(2),
