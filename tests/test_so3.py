@@ -230,6 +230,60 @@ def test_asymptotic_branch_matches_quadrature_in_overlap():
     assert (d_a - d_q).abs().max() < 1e-11
 
 
+def _random_singular_values(n: int, seed: int, s1_max: float) -> torch.Tensor:
+    """Proper singular values s1 >= s2 >= |s3| with s2 + s3 < ASYMPTOTIC_GAMMA (quadrature)."""
+    g = torch.Generator().manual_seed(seed)
+    s1 = torch.exp(
+        torch.empty(n, dtype=F64).uniform_(math.log(1e-4), math.log(s1_max), generator=g)
+    )
+    s2 = s1 * torch.rand(n, dtype=F64, generator=g) ** torch.empty(n, dtype=F64).uniform_(
+        0, 3, generator=g
+    )
+    s3 = s2 * (2 * torch.rand(n, dtype=F64, generator=g) - 1)
+    s = torch.stack([s1, s2, s3], -1)
+    return s[(s[:, 1] + s[:, 2]) < mf.ASYMPTOTIC_GAMMA]
+
+
+@pytest.mark.parametrize("series", [True, False])
+def test_plain_theta_rules_match_dense_log_rule(series, monkeypatch):
+    """Each fixed theta rule, with the Bessel power series and with torch's i0e/i1e, against the
+    log-variable rule at 200 nodes per half, over its whole scale range (an independent
+    substitution and node set): log c to 1e-12 relative, 1 - d to 1e-11."""
+    monkeypatch.setattr(mf, "_SERIES_MIN", 0 if series else 10**12)
+    s = _random_singular_values(20_000, 12, 300.0)
+    half = (s[:, 0] + s[:, 1]) / 2
+    scale = torch.maximum(half + s[:, 2], half)
+    lower = 0.0
+    for bound, n_nodes, n_terms in mf._PLAIN_TIERS:
+        pts = s[(scale >= lower) & (scale < bound)]
+        lower = bound
+        assert len(pts) > 200, (bound, len(pts))
+        lc, d = mf._plain_tier(pts, n_nodes, n_terms)
+        lc_ref, d_ref = mf._quadrature_tier(pts, 200)
+        assert ((lc - lc_ref).abs() / lc_ref.abs().clamp_min(1)).max() < 1e-12, bound
+        assert (d - d_ref).abs().max() < 1e-11, bound
+
+
+def test_bessel_series_vs_scipy():
+    for n_terms, x_max in [(16, 4.0), (31, 16.0), (59, 48.0)]:
+        x = torch.linspace(0, x_max, 2001, dtype=F64)
+        i0, i1 = mf._bessel_i01_series(x[None, None].expand(2, 1, -1), n_terms)
+        np.testing.assert_allclose(i0[0, 0].numpy(), special.iv(0, x.numpy()), rtol=1e-14)
+        np.testing.assert_allclose(i1[0, 0].numpy(), special.iv(1, x.numpy()), rtol=1e-14, atol=0)
+
+
+def test_log_normaliser_does_not_depend_on_the_batch():
+    """Points are grouped by rule and small groups merged: a point's value must not depend on
+    which other points share its batch (nor on the series / i0e choice that group size makes)."""
+    s = _random_singular_values(3000, 13, 60.0)
+    s = torch.cat([s, torch.tensor([[40.0, 30.0, 20.0], [1e4, 5e3, 4e3]], dtype=F64)])
+    lc_all, d_all = mf.log_normaliser_and_mean_diag(s)
+    for idx in [torch.arange(7), torch.arange(0, len(s), 97), torch.arange(len(s) - 40, len(s))]:
+        lc, d = mf.log_normaliser_and_mean_diag(s[idx])
+        torch.testing.assert_close(lc, lc_all[idx], rtol=1e-13, atol=1e-13)
+        torch.testing.assert_close(d, d_all[idx], rtol=0, atol=1e-12)
+
+
 def test_bingham_matrix_identity():
     g = torch.Generator().manual_seed(12)
     f = torch.randn(100, 3, 3, generator=g, dtype=F64)

@@ -8,14 +8,24 @@ E[R] = U diag(d) V^T, d_i = d log c / d s_i. Lee (2018):
 
 Numerics (float64 throughout; inputs of any dtype):
 
-* gamma = s2 + s3 < ``ASYMPTOTIC_GAMMA``: Lee's integral after u = -cos(2 theta), in log
-  space with exponentially scaled Bessel functions (log c = s1 + s2 + s3 + log J). Each half
-  theta in [0, pi/4], [pi/4, pi/2] is integrated in the logarithmic distance eps to its end
-  (eps = (pi/4) e^{-lambda}, Gauss-Legendre in lambda on [0, Lambda]) plus a short Gauss-Legendre
-  panel on [0, eps_min]; eps_min sits well below the point's own scales 1/sqrt(2 alpha + 2 gamma)
-  (u = 1 end) and 1/sqrt(2 beta) (u = -1 end), alpha = (s1-s2)/2, beta = (s1+s2)/2, so the
-  integrand is resolved for any s (it peaks on a width 1/gamma at u = 1 and has
-  sqrt-type end layers of widths 1/alpha and 1/beta).
+* gamma = s2 + s3 < ``ASYMPTOTIC_GAMMA``: Lee's integral after u = -cos(2 theta), with
+  exponentially scaled Bessel functions (log c = s1 + s2 + s3 + log J),
+
+      J = int_0^{pi/2} sin(2 theta) i0e(2 alpha cos^2) i0e(2 beta sin^2) e^{-2 gamma cos^2} d theta,
+
+  alpha = (s1-s2)/2, beta = (s1+s2)/2. The integrand is entire in theta, with end layers of
+  widths ~ 1/sqrt(alpha + gamma) (theta = pi/2) and 1/sqrt(beta) (theta = 0).
+  - scale = max(alpha + gamma, beta) < 128 (every point MAD trains on): a fixed
+    Gauss-Legendre rule in theta, 16 / 24 / 32 / 48 nodes for scale below 2 / 8 / 24 / 128
+    (error < 1e-12 against a 200-node log-variable rule, tests/test_so3.py). Below scale 24
+    the Bessel functions (arguments <= 2 scale) may come from their power series (positive
+    terms, Horner in float64): on CPU a few vectorised multiply-adds beat torch's scalar
+    i0e/i1e (~30 ns a value) once a group has about a thousand nodes. Points are grouped by
+    rule with one sort, so the cost is a few hundred vector operations per batch.
+  - larger scales: each half theta in [0, pi/4], [pi/4, pi/2] is integrated in the
+    logarithmic distance eps to its end (eps = (pi/4) e^{-lambda}, Gauss-Legendre in lambda on
+    [0, Lambda]) plus a short Gauss-Legendre panel on [0, eps_min]; eps_min sits well below the
+    end layer widths, so the integrand is resolved for any s.
 * gamma >= ``ASYMPTOTIC_GAMMA``: the Laplace expansion of c as a Bingham integral on S^3
   (tr(S R(q)) = trS - sum_k lambda_k y_k^2, lambda_1 = 2(s2+s3), lambda_2 = 2(s1+s3),
   lambda_3 = 2(s1+s2), q = (q0, y)), exact up to O(e^{-2 gamma}) once summed:
@@ -33,7 +43,8 @@ Numerics (float64 throughout; inputs of any dtype):
 from __future__ import annotations
 
 import math
-from functools import cache
+from functools import cache, partial
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -56,6 +67,13 @@ __all__ = [
 
 ASYMPTOTIC_GAMMA = 15.0
 _LAGUERRE_NODES = 8
+# Fixed theta rule by scale: (largest scale, nodes, power-series terms of the Bessel functions,
+# 0 = torch's i0e/i1e). The series needs 16 / 31 / 59 terms for arguments 2 scale <= 4 / 16 / 48.
+_SERIES_MIN = 1024  # points x nodes of a group from which the Bessel series beats torch's
+_MIN_GROUP = 32  # points: a smaller plain-rule group joins the next rule
+_PLAIN_TIERS = ((2.0, 16, 16), (8.0, 24, 31), (24.0, 32, 59), (128.0, 48, 0))
+# rows: 1 - d_i = [1, 1, 0]_i + row_i . (E_a, E_b, E[cos^2]) (see _plain_tier)
+_MOMENTS_TO_DELTA = ((-1.0, -1.0, 0.0), (1.0, -1.0, 0.0), (0.0, 0.0, 2.0))
 # Gauss-Legendre nodes per half in the log variable, by tier of the log-range Lambda.
 _LOG_NODES = (24, 48, 96)
 _TIER_LAMBDA = (4.0, 12.0)
@@ -81,6 +99,26 @@ def _laguerre() -> tuple[np.ndarray, np.ndarray]:
     return tau, w / math.sqrt(math.pi)
 
 
+@cache
+def _constants(dtype: torch.dtype, device: torch.device) -> SimpleNamespace:
+    """Small constant tensors of the hot path, made once per dtype and device."""
+
+    def tensor(x) -> Tensor:
+        return torch.as_tensor(np.asarray(x, dtype=np.float64), dtype=dtype, device=device)
+
+    tau, w = _laguerre()
+    return SimpleNamespace(
+        others=tensor([[0, 1, 1], [1, 0, 1], [1, 1, 0]]),  # x @ others = sums of the other two
+        two_tau=tensor(2 * tau)[:, None],
+        laguerre_tau=tensor(tau),
+        laguerre_w=tensor(w),
+        diff_sum=tensor([[1, 1], [-1, 1]]),  # (s1, s2) @ diff_sum = (s1 - s2, s1 + s2)
+        moments_to_delta=tensor(_MOMENTS_TO_DELTA).t(),
+        delta_offset=tensor([1, 1, 0]),
+        plain_bounds=tensor([b for b, _, _ in _PLAIN_TIERS]),
+    )
+
+
 def _asymptotic(s: Tensor) -> tuple[Tensor, Tensor]:
     """(log c, 1 - d) for gamma = s2 + s3 >= ``ASYMPTOTIC_GAMMA`` (module docstring), float64.
 
@@ -88,20 +126,15 @@ def _asymptotic(s: Tensor) -> tuple[Tensor, Tensor]:
     sum_k w_k prod_i (1 - 2 tau_k v_i)^{-1/2} (generalised Laguerre weight tau^{-1/2} e^{-tau}),
     exact for its first 2N terms; dP/dv_i = sum_k w_k f(tau_k) tau_k / (1 - 2 tau_k v_i).
     """
-    tau_np, w_np = _laguerre()
-    tau = torch.as_tensor(tau_np, dtype=s.dtype, device=s.device)
-    w = torch.as_tensor(w_np, dtype=s.dtype, device=s.device)
-    pair = torch.stack([s[:, 1] + s[:, 2], s[:, 0] + s[:, 2], s[:, 0] + s[:, 1]], -1)
-    v = 0.25 / pair  # (m, 3), v_1 the largest
-    one = 1 - 2 * tau[None, :, None] * v[:, None, :]  # (m, N, 3), > 0.2 for gamma >= 15
-    wf = w * torch.rsqrt(one.prod(-1))  # (m, N)
+    k = _constants(s.dtype, s.device)
+    v = 0.25 / (s @ k.others)  # (m, 3): 1 / (4 lambda_k), lambda_k = sum of the other two
+    inv = 1 / (1 - k.two_tau * v[:, None, :])  # (m, N, 3); 1 - ... > 0.2 for gamma >= 15
+    wf = k.laguerre_w * torch.sqrt(inv.prod(-1))  # (m, N)
     big_p = wf.sum(-1)
-    d_p = (wf[..., None] * tau[None, :, None] / one).sum(1)
-    log_c = s.sum(-1) - 0.5 * math.log(8 * math.pi) + 0.5 * torch.log(4 * v).sum(-1)
-    log_c = log_c + torch.log(big_p)
+    d_p = torch.bmm((wf * k.laguerre_tau)[:, None, :], inv).squeeze(1)  # (m, 3)
+    log_c = s.sum(-1) + torch.log(big_p * (4 * v).prod(-1).sqrt()) - 0.5 * math.log(8 * math.pi)
     term = 2 * v + 4 * v * v * d_p / big_p[:, None]  # (m, 3), index k
-    delta = term.sum(-1, keepdim=True) - term  # sum over k != i
-    return log_c, delta
+    return log_c, term @ k.others  # 1 - d_i = sum over k != i
 
 
 # ----------------------------------------------------------------------------- quadrature
@@ -130,8 +163,8 @@ def _half_nodes(scale: Tensor, n_log: int) -> tuple[Tensor, Tensor]:
     return torch.cat([eps_log, eps_rem], -1), torch.cat([logw_log, logw_rem], -1)
 
 
-def _quadrature(s: Tensor) -> tuple[Tensor, Tensor]:
-    """(log c, 1 - d) by Lee's integral, dispatching each point to a node tier by its scales."""
+def _log_quadrature(s: Tensor) -> tuple[Tensor, Tensor]:
+    """(log c, 1 - d) by the log-variable rule, each point on a node tier by its scales."""
     half_sum = (s[:, 0] + s[:, 1]) / 2
     scale = torch.maximum(half_sum + s[:, 2], half_sum)  # alpha + gamma and beta
     tier = torch.bucketize(_log_range(scale), torch.tensor(_TIER_LAMBDA, device=s.device))
@@ -142,6 +175,77 @@ def _quadrature(s: Tensor) -> tuple[Tensor, Tensor]:
         if mask.any():
             log_c[mask], delta[mask] = _quadrature_tier(s[mask], n_log)
     return log_c, delta
+
+
+@cache
+def _theta_rule(n: int, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+    """The n-node Gauss-Legendre rule on theta in [0, pi/2]: cos^2 theta (n,), (cos^2, sin^2)
+    as (2, n, 1) and weights sin(2 theta) d theta (n,)."""
+    x, w = _gl(n)
+    theta = (x + 1) * math.pi / 4
+    c2 = np.cos(theta) ** 2
+    weight = w * math.pi / 4 * np.sin(2 * theta)
+    return (
+        torch.as_tensor(c2, dtype=dtype, device=device),
+        torch.as_tensor(np.stack([c2, 1 - c2])[:, :, None], dtype=dtype, device=device),
+        torch.as_tensor(weight, dtype=dtype, device=device),
+    )
+
+
+@cache
+def _series_coefficients(
+    n_terms: int, dtype: torch.dtype, device: torch.device
+) -> tuple[Tensor, ...]:
+    """n_terms tensors (2, 1, 1, 1) of 1/(k!)^2 and 1/(k! (k+1)!), highest k first."""
+    c = [
+        [1 / math.factorial(k) ** 2, 1 / (math.factorial(k) * math.factorial(k + 1))]
+        for k in reversed(range(n_terms))
+    ]
+    return tuple(torch.tensor(c, dtype=dtype, device=device)[:, :, None, None, None].unbind(0))
+
+
+def _bessel_i01_series(x: Tensor, n_terms: int) -> tuple[Tensor, Tensor]:
+    """(I0(x), I1(x)) for 0 <= x (unscaled): I0 = sum t^k / k!^2, I1 = x/2 sum t^k / (k! (k+1)!),
+    t = x^2 / 4, by Horner. Every term is positive, so float64 keeps ~1e-16 relative accuracy;
+    16 / 31 / 59 terms reach it for x <= 4 / 16 / 48."""
+    coef = _series_coefficients(n_terms, x.dtype, x.device)
+    t = x * x / 4
+    p = coef[0].expand(2, *x.shape)
+    for c in coef[1:]:
+        p = torch.addcmul(c, p, t)
+    return p[0], p[1] * (x / 2)
+
+
+def _plain_tier(s: Tensor, n_nodes: int, n_terms: int) -> tuple[Tensor, Tensor]:
+    """(log c, 1 - d) by the fixed n_nodes-point theta rule, float64 (m, 3) -> (m,), (m, 3).
+
+    With u = 1 - 2 cos^2 theta, c = e^{s3} int sin(2 theta) I0(a) I0(b) e^{-2 s3 cos^2} d theta,
+    a = (s1 - s2) cos^2, b = (s1 + s2) sin^2. With g the integrand at the nodes,
+    J = sum g and E the g-weighted mean, the derivatives of log c are
+    1 - d1 = 1 - E_a - E_b, 1 - d2 = 1 + E_a - E_b, 1 - d3 = 2 E[cos^2], with
+    E_a = E[cos^2 I1(a) / I0(a)], E_b = E[sin^2 I1(b) / I0(b)] (as in :func:`_quadrature_tier`).
+    Bessel functions: by their n_terms-term power series (arguments <= 2 scale; the integrand
+    stays below ~1e61 for scale <= 24) on CPU for groups of at least _SERIES_MIN points x nodes
+    (a few vectorised multiply-adds beat torch's scalar i0e/i1e there; for fewer, the one call
+    does); else torch's scaled i0e / i1e, their factor e^{-a-b} = e^{-(s1+s2) + 2 s2 cos^2}
+    moved into the exponent and the offset.
+    """
+    c2, cs, w = _theta_rule(n_nodes, s.dtype, s.device)
+    k = _constants(s.dtype, s.device)
+    args = (s[:, :2] @ k.diff_sum).t()[:, :, None] * cs[:, None, :, 0]  # a, b: (2, m, N)
+    if n_terms and s.device.type == "cpu" and s.shape[0] * n_nodes >= _SERIES_MIN:
+        i0, i1 = _bessel_i01_series(args, n_terms)
+        lin, offset = s[:, 2:], s[:, 2]
+    else:
+        i0, i1 = torch.special.i0e(args), torch.special.i1e(args)
+        lin, offset = s[:, 1:2] + s[:, 2:], s.sum(-1)
+    g = w * torch.exp(lin * (-2 * c2))
+    g_ab = g * i0[1] * i0[0]
+    moments = torch.bmm(g * i1 * i0.flip(0), cs).squeeze(-1)  # (2, m): J E_a, J E_b
+    jc = torch.stack([g_ab.sum(-1), g_ab @ c2])  # J, J E[cos^2]
+    j = jc[0]
+    e = torch.cat([moments, jc[1:]]) / j
+    return offset + torch.log(j), torch.addmm(k.delta_offset, e.t(), k.moments_to_delta)
 
 
 def _quadrature_tier(s: Tensor, n_log: int) -> tuple[Tensor, Tensor]:
@@ -179,13 +283,34 @@ def log_normaliser_and_mean_diag(s: Tensor) -> tuple[Tensor, Tensor]:
         raise ValueError(f"s must have shape (n, 3), got {tuple(s.shape)}")
     if not torch.all(torch.isfinite(s)):
         raise ValueError("singular values must be finite")
-    asym = (s[:, 1] + s[:, 2]) >= ASYMPTOTIC_GAMMA
-    log_c = torch.empty_like(s[:, 0])
-    delta = torch.empty_like(s)
-    if asym.any():
-        log_c[asym], delta[asym] = _asymptotic(s[asym])
-    if (~asym).any():
-        log_c[~asym], delta[~asym] = _quadrature(s[~asym])
+    return _diag(s)
+
+
+def _diag(s: Tensor) -> tuple[Tensor, Tensor]:
+    """:func:`log_normaliser_and_mean_diag` without its input checks (s finite, float64)."""
+    # Rule of each point: the plain theta rules by scale, then the log rule, then asymptotics;
+    # points are grouped by rule with one sort. A plain-rule group of fewer than _MIN_GROUP
+    # points joins the next one if that uses the Bessel series (more nodes and terms, same
+    # accuracy): fewer calls at small batches.
+    k = _constants(s.dtype, s.device)
+    half_sum = (s[:, 0] + s[:, 1]) / 2
+    scale = torch.maximum(half_sum + s[:, 2], half_sum)  # alpha + gamma and beta
+    n_plain = len(_PLAIN_TIERS)
+    rule = torch.bucketize(scale, k.plain_bounds, right=True)
+    rule = torch.where((s[:, 1] + s[:, 2]) >= ASYMPTOTIC_GAMMA, n_plain + 1, rule)
+    counts = torch.bincount(rule, minlength=n_plain + 2).tolist()
+    for i in range(n_plain - 1):
+        if counts[i] < _MIN_GROUP and _PLAIN_TIERS[i + 1][2]:  # into a series rule only
+            # sorted next to group i + 1: it simply takes them
+            counts[i + 1] += counts[i]
+            counts[i] = 0
+    order = torch.argsort(rule)
+    groups = s.index_select(0, order).split(counts)
+    rules = [partial(_plain_tier, n_nodes=n, n_terms=m) for _, n, m in _PLAIN_TIERS]
+    rules += [_log_quadrature, _asymptotic]
+    parts = [rule_k(g) for rule_k, g in zip(rules, groups, strict=True) if g.shape[0]]
+    log_c = torch.empty_like(s[:, 0]).index_copy_(0, order, torch.cat([p[0] for p in parts]))
+    delta = torch.empty_like(s).index_copy_(0, order, torch.cat([p[1] for p in parts]))
     return log_c, delta
 
 
@@ -214,6 +339,14 @@ def _mean_jacobian(s: Tensor) -> Tensor:
     return torch.stack(rows, 1).detach()
 
 
+def _forward(f: Tensor) -> tuple[Tensor, Tensor, tuple[Tensor, ...]]:
+    """(log c, E[R], (U, s, V, m)) for finite float64 F (n, 3, 3), m = d log c / d s."""
+    u, s, v = proper_svd(f)
+    log_c, delta = _diag(s)
+    m = 1 - delta
+    return log_c, (u * m[:, None, :]) @ v.transpose(-1, -2), (u, s, v, m)
+
+
 class _LogNormaliserAndMean(torch.autograd.Function):
     """F -> (log c(F), E_MF(F)[R] = U diag(m(s)) V^T), m = d log c / d s, from one SVD, with a
     backward that stays exact when singular values coincide.
@@ -233,10 +366,7 @@ class _LogNormaliserAndMean(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, f: Tensor) -> tuple[Tensor, Tensor]:
-        u, s, v = proper_svd(f)
-        log_c, delta = log_normaliser_and_mean_diag(s)
-        m = 1 - delta
-        mean = (u * m[:, None, :]) @ v.transpose(-1, -2)
+        log_c, mean, (u, s, v, m) = _forward(f)
         # The Hessian once here, not in every backward: a divergence takes D = 9 backwards.
         h = _mean_jacobian(s) if ctx.needs_input_grad[0] else None
         ctx.save_for_backward(u, s, v, m, h, mean)
@@ -269,7 +399,12 @@ def log_normaliser_and_mean(f: Tensor) -> tuple[Tensor, Tensor]:
     """(log c(F) (n,), E[R] = U diag(d log c / d s) V^T (n, 3, 3)) for F (n, 3, 3) or (n, 9),
     float64, from one SVD; differentiable in F, also at repeated singular values (see
     :class:`_LogNormaliserAndMean`)."""
-    return _LogNormaliserAndMean.apply(_as_matrices(f).double())
+    f = _as_matrices(f).double()
+    if not torch.all(torch.isfinite(f)):
+        raise ValueError("F must be finite")
+    if torch.is_grad_enabled() and f.requires_grad:
+        return _LogNormaliserAndMean.apply(f)
+    return _forward(f)[:2]  # no graph to build: skip the autograd.Function machinery
 
 
 def log_normaliser(f: Tensor) -> Tensor:
