@@ -1,10 +1,13 @@
 """Training steps per second of each method on toy, S^2 and SO(3) at batch 512 and 4096.
 
 One step is exactly the training loop's: draw a batch (on the device), loss, backward,
-gradient clipping, AdamW step, EMA update, with the default network (4 x 256 SiLU MLP). Each
-cell runs ``--warmup`` steps, then times steps until ``--steps`` steps or ``--seconds`` seconds
-(whichever first). Reports steps/s, the MAD/DSM and RSGM/MAD time-per-step ratios per dataset
-and batch, a table and one JSON line (prefix ``JSON``).
+gradient clipping, AdamW step, EMA update, with the default network (4 x 256 SiLU MLP). For
+each dataset and batch the methods' runs are built once and warmed up (``--warmup`` steps),
+then timed in ``--rounds`` interleaved rounds (dsm, mad, rsgm, dsm, ...), each of at most
+``--steps`` steps or ``--seconds`` / ``--rounds`` seconds; a method's steps/s is the median over
+rounds. Interleaving makes slow drifts of a shared machine hit every method alike instead of
+whichever happened to run during them. Reports steps/s, the MAD/DSM and RSGM/MAD
+time-per-step ratios per dataset and batch, a table and one JSON line (prefix ``JSON``).
 
     python benchmarks/bench_train.py [--device cuda] [--batch 512 4096] [--steps 100]
 """
@@ -13,7 +16,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -32,8 +37,9 @@ DATASETS = {"toy": "toy", "s2": "s2_vmf_mixture_4", "so3": "so3_mf_mixture_3"}
 METHODS = ("dsm", "mad", "rsgm")
 
 
-def steps_per_second(cfg: TrainConfig, device: torch.device, n: int, warmup: int, budget: float):
-    """Timed training steps/s of ``cfg`` (None if the method does not support the dataset)."""
+def make_stepper(cfg: TrainConfig, device: torch.device) -> Callable[[int], None] | None:
+    """One training step of ``cfg`` as a function of the step index (None if the method does
+    not support the dataset)."""
     ds, sch = build_dataset(cfg), build_schedule(cfg)
     try:
         method = build_method(cfg, ds, sch, device)
@@ -47,13 +53,18 @@ def steps_per_second(cfg: TrainConfig, device: torch.device, n: int, warmup: int
         optimisation_step(method, st.optimizer, stream.next(), st.noise_gen, params, 1.0)
         st.ema.update(k)
 
-    for k in range(warmup):
-        step(k)
+    return step
+
+
+def steps_per_second(
+    step: Callable[[int], None], device: torch.device, start: int, n: int, budget: float
+) -> float:
+    """Timed steps/s of ``step`` over at most n steps or ``budget`` seconds (at least 3)."""
     if device.type == "cuda":
         torch.cuda.synchronize()
     t0, done = time.perf_counter(), 0
     while done < n and (done < 3 or time.perf_counter() - t0 < budget):
-        step(warmup + done)
+        step(start + done)
         done += 1
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -72,22 +83,37 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--seconds", type=float, default=10.0, help="time budget per cell")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds per cell")
     p.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
     args = p.parse_args()
     device = torch.device(args.device)
     rows = []
     for short in args.datasets:
         for batch in args.batch:
-            sps = {}
-            for m in METHODS:
-                cfg = TrainConfig(
-                    dataset=DATASETS[short],
-                    method=m,
-                    batch_size=batch,
-                    device=str(device),
-                    steps=10**6,
+            steppers = {
+                m: make_stepper(
+                    TrainConfig(
+                        dataset=DATASETS[short],
+                        method=m,
+                        batch_size=batch,
+                        device=str(device),
+                        steps=10**6,
+                    ),
+                    device,
                 )
-                sps[m] = steps_per_second(cfg, device, args.steps, args.warmup, args.seconds)
+                for m in METHODS
+            }
+            runs = {m: s for m, s in steppers.items() if s is not None}
+            for step in runs.values():
+                for k in range(args.warmup):
+                    step(k)
+            rates: dict[str, list[float]] = {m: [] for m in runs}
+            budget = args.seconds / args.rounds
+            for r in range(args.rounds):
+                for m, step in runs.items():
+                    start = args.warmup + r * args.steps
+                    rates[m].append(steps_per_second(step, device, start, args.steps, budget))
+            sps = {m: statistics.median(rates[m]) if m in rates else None for m in METHODS}
             rows.append(
                 {
                     "dataset": short,
@@ -115,6 +141,7 @@ def main() -> None:
         "device_name": device_name(device),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
+        "rounds": args.rounds,
         "rows": rows,
     }
     print("JSON " + json.dumps(info))
