@@ -284,6 +284,22 @@ def test_log_normaliser_does_not_depend_on_the_batch():
         torch.testing.assert_close(d, d_all[idx], rtol=0, atol=1e-12)
 
 
+def test_constants_cached_under_inference_mode_still_serve_autograd():
+    """MAD calls base_score without autograd, so the matrix Fisher path runs in inference mode
+    and may be first to fill the constant caches; the likelihood ODE later differentiates
+    through the same constants (autograd refuses to save inference tensors)."""
+    from madbench.manifolds import _svd3
+
+    for fn in (mf._constants, mf._theta_rule, mf._series_coefficients, _svd3._eye):
+        fn.cache_clear()
+    x = _haar(64, 3) + 0.3 * torch.randn(64, 9, generator=torch.Generator().manual_seed(3))
+    with torch.inference_mode():
+        M.base_score(x, 0.5)
+    xr = x.double().requires_grad_(True)
+    M.base_score(xr, torch.full((64,), 0.5, dtype=F64)).sum().backward()
+    assert torch.isfinite(xr.grad).all()
+
+
 def test_bingham_matrix_identity():
     g = torch.Generator().manual_seed(12)
     f = torch.randn(100, 3, 3, generator=g, dtype=F64)

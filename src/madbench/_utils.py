@@ -1,7 +1,8 @@
-"""Small shared helpers: sigma broadcasting, seeding, atomic writes."""
+"""Small shared helpers: sigma broadcasting, seeding, atomic writes, cached constant tensors."""
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 from collections.abc import Callable
@@ -12,6 +13,23 @@ import torch
 from torch import Tensor
 
 T = TypeVar("T")
+
+
+def tensor_cache(fn: Callable[..., T]) -> Callable[..., T]:
+    """``functools.cache`` for functions that build constant tensors (hashable arguments).
+
+    The tensors are built outside inference mode: a first call made under
+    ``torch.inference_mode()`` would otherwise cache inference tensors, which autograd refuses
+    to save in every later differentiable use of the same constants.
+    """
+
+    @functools.cache
+    @functools.wraps(fn)
+    def cached(*args):
+        with torch.inference_mode(False):
+            return fn(*args)
+
+    return cached
 
 
 def as_sigma(sigma: float | Tensor, x: Tensor) -> Tensor:

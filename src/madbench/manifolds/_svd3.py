@@ -33,6 +33,8 @@ import math
 import torch
 from torch import Tensor
 
+from madbench._utils import tensor_cache
+
 # Layout: the component axis comes first, the batch axis n last: vectors (3, ..., n), matrices
 # (3 rows, 3 columns, n). Dot products then reduce over the leading axis (fast on CPU; torch's
 # reductions over a middle axis of length 3 are several times slower) and each step is one
@@ -46,6 +48,11 @@ def _dot(a: Tensor, b: Tensor) -> Tensor:
 def _cross(a: Tensor, b: Tensor) -> Tensor:
     # rolled copies: torch.linalg.cross over the leading axis is ~10x slower on CPU
     return a.roll(-1, 0) * b.roll(-2, 0) - a.roll(-2, 0) * b.roll(-1, 0)
+
+
+@tensor_cache
+def _eye(dtype: torch.dtype, device: torch.device) -> Tensor:
+    return torch.eye(3, dtype=dtype, device=device)[:, :, None]
 
 
 def _complete(e: Tensor) -> tuple[Tensor, Tensor]:
@@ -64,8 +71,8 @@ def _separated_eigvec(g: Tensor) -> tuple[Tensor, Tensor]:
     """(e, top) for symmetric g (3, 3, n) with max |g| <= 1: e (3, n) a unit eigenvector of the
     best separated eigenvalue, the largest where top (n,) is True, else the smallest; e_x where
     g is a multiple of I (then every vector is an eigenvector)."""
-    eye = torch.eye(3, dtype=g.dtype, device=g.device)[:, :, None]
-    q = (g[0, 0] + g[1, 1] + g[2, 2]) / 3
+    eye = _eye(g.dtype, g.device)
+    q = (g * eye).sum((0, 1)) / 3
     b = g - q * eye
     p2 = (b * b).sum((0, 1)) / 6
     scalar = p2 <= 1e-30  # |g - q I| <= 1e-15: every basis is an eigenbasis to rounding
@@ -117,8 +124,8 @@ def proper_svd3(f: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     # ft[i, j] = F_ij (3, 3, n), contiguous: strided operands make every step several times slower
     ft = f.reshape(-1, 9).t().contiguous().reshape(3, 3, -1)
     scale = ft.abs().amax((0, 1))  # F / max |F_ij|: no under- or overflow in F^T F
-    scale = scale + (scale == 0)
-    ft = ft / scale
+    zero = scale == 0
+    ft = ft / (scale + zero)
     g = (ft[:, :, None] * ft[:, None]).sum(0)  # F^T F, max |G_ij| <= 3
     e, largest = _separated_eigvec(g / 3)
     v = torch.stack([e, *_complete(e)], 1)  # (3, 3 columns, n), a rotation
@@ -128,14 +135,17 @@ def proper_svd3(f: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     # the separated column goes last where it belongs to the smallest eigenvalue (cyclic shift)
     wv = torch.where(largest, wv, wv[:, :, [1, 2, 0]])
     w, v = wv[:, 0], wv[:, 1]
-    n1 = _dot(w[:, 0], w[:, 0])
-    u1 = torch.where(n1 > 0, w[:, 0] * torch.rsqrt(n1 + (n1 == 0)), v[:, 0])
-    w2 = w[:, 1] / (w[:, 1].abs().amax(0) + (w[:, 1] == 0).all(0))  # no underflow in |w2|^2
+    u1 = w[:, 0] * torch.rsqrt(_dot(w[:, 0], w[:, 0]))  # |w1| >= max |F_ij| / 3 = 1 / 3
+    if zero.any():  # F = 0
+        u1 = torch.where(zero, v[:, 0], u1)
+    w2 = w[:, 1]
     u2 = w2 - u1 * _dot(u1, w2)
     u2 = u2 - u1 * _dot(u1, u2)  # twice is enough (Kahan): orthogonal to rounding
     n2 = _dot(u2, u2)
-    # w2 was rounding along u1 (s2 = 0 to working precision): any unit vector orthogonal to u1
-    lost = n2 <= (16 * torch.finfo(f.dtype).eps) ** 2 * _dot(w2, w2)
+    # w2 was rounding along u1 (s2 = 0 to working precision), or so small that its square
+    # lost precision: any unit vector orthogonal to u1
+    info = torch.finfo(f.dtype)
+    lost = (n2 <= (16 * info.eps) ** 2 * _dot(w2, w2)) | (n2 < info.tiny / info.eps)
     u2 = u2 * torch.rsqrt(n2 + lost)
     if lost.any():
         u2 = torch.where(lost, _complete(u1)[0], u2)
@@ -143,6 +153,6 @@ def proper_svd3(f: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     s = (u * w).sum(0)  # (3, n): u_i . w_i, the last one signed
     # exact order also where singular values tie to rounding
     s2 = torch.minimum(s[1].clamp_min(0), s[0])
-    s = torch.stack([s[0], s2, torch.maximum(torch.minimum(s[2], s2), -s2)]) * scale
+    s = torch.stack([s[0], s2, s[2].clamp(-s2, s2)]) * scale
     u, v = u.permute(2, 0, 1), v.permute(2, 0, 1)
     return u.reshape(*batch, 3, 3), s.t().reshape(*batch, 3), v.reshape(*batch, 3, 3)

@@ -235,7 +235,7 @@ class SO3(RiemannianManifold):
             raise ValueError("sigma must be > 0")
         if not torch.all(torch.isfinite(xm)):
             raise ValueError("x must be finite")
-        mean = mf_mean(xm / s2[:, :, None])
+        mean = mf_mean(xm / s2[:, :, None], check=False)  # finite: checked just above
         return ((mean - xm).reshape(-1, 9) / s2).to(x.dtype)
 
     # ------------------------------------------------------------------ geometry
