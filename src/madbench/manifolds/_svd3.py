@@ -135,7 +135,7 @@ def proper_svd3(f: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     # the separated column goes last where it belongs to the smallest eigenvalue (cyclic shift)
     wv = torch.where(largest, wv, wv[:, :, [1, 2, 0]])
     w, v = wv[:, 0], wv[:, 1]
-    u1 = w[:, 0] * torch.rsqrt(_dot(w[:, 0], w[:, 0]))  # |w1| >= max |F_ij| / 3 = 1 / 3
+    u1 = w[:, 0] * torch.rsqrt(_dot(w[:, 0], w[:, 0]))  # |w1| = s1 >= max |F_ij| = 1
     if zero.any():  # F = 0
         u1 = torch.where(zero, v[:, 0], u1)
     w2 = w[:, 1]
