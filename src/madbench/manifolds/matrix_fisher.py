@@ -100,6 +100,15 @@ def _laguerre() -> tuple[np.ndarray, np.ndarray]:
     return tau, w / math.sqrt(math.pi)
 
 
+def _rule_bounds() -> list[float]:
+    """Upper scale bounds of the quadrature rules, in the order of ``_diag``'s rule list: the
+    plain theta rules, then the log-variable node tiers (their bounds _TIER_LAMBDA on the log
+    range Lambda(scale) = log((pi/4) / _EPS_FACTOR) + log1p(2 scale) / 2, as scales)."""
+    lam0 = math.log(math.pi / 4 / _EPS_FACTOR)
+    log_tiers = [math.expm1(2 * (lam - lam0)) / 2 for lam in _TIER_LAMBDA]
+    return [b for b, _, _ in _PLAIN_TIERS] + log_tiers
+
+
 @tensor_cache
 def _constants(dtype: torch.dtype, device: torch.device) -> SimpleNamespace:
     """Small constant tensors of the hot path, made once per dtype and device."""
@@ -116,7 +125,7 @@ def _constants(dtype: torch.dtype, device: torch.device) -> SimpleNamespace:
         diff_sum=tensor([[1, 1], [-1, 1]]),  # (s1, s2) @ diff_sum = (s1 - s2, s1 + s2)
         moments_to_delta=tensor(_MOMENTS_TO_DELTA).t(),
         delta_offset=tensor([1, 1, 0]),
-        plain_bounds=tensor([b for b, _, _ in _PLAIN_TIERS]),
+        rule_bounds=tensor(_rule_bounds()),
     )
 
 
@@ -162,20 +171,6 @@ def _half_nodes(scale: Tensor, n_log: int) -> tuple[Tensor, Tensor]:
     eps_rem = eps_min * (xr + 1) / 2
     logw_rem = torch.log(eps_min * wr / 2).expand_as(eps_rem)
     return torch.cat([eps_log, eps_rem], -1), torch.cat([logw_log, logw_rem], -1)
-
-
-def _log_quadrature(s: Tensor) -> tuple[Tensor, Tensor]:
-    """(log c, 1 - d) by the log-variable rule, each point on a node tier by its scales."""
-    half_sum = (s[:, 0] + s[:, 1]) / 2
-    scale = torch.maximum(half_sum + s[:, 2], half_sum)  # alpha + gamma and beta
-    tier = torch.bucketize(_log_range(scale), torch.tensor(_TIER_LAMBDA, device=s.device))
-    log_c = torch.empty_like(s[:, 0])
-    delta = torch.empty_like(s)
-    for k, n_log in enumerate(_LOG_NODES):
-        mask = tier == k
-        if mask.any():
-            log_c[mask], delta[mask] = _quadrature_tier(s[mask], n_log)
-    return log_c, delta
 
 
 @tensor_cache
@@ -293,26 +288,26 @@ def log_normaliser_and_mean_diag(s: Tensor) -> tuple[Tensor, Tensor]:
 
 def _diag(s: Tensor) -> tuple[Tensor, Tensor]:
     """:func:`log_normaliser_and_mean_diag` without its input checks (s finite, float64)."""
-    # Rule of each point: the plain theta rules by scale, then the log rule, then asymptotics;
-    # points are grouped by rule with one sort. A plain-rule group of fewer than _MIN_GROUP
-    # points joins the next one if that uses the Bessel series (more nodes and terms, same
-    # accuracy): fewer calls at small batches.
+    # Rule of each point: by scale, the plain theta rules then the log-variable tiers; the
+    # asymptotics where gamma is large. Points are grouped by rule with one sort. A plain-rule
+    # group of fewer than _MIN_GROUP points joins the next one if that uses the Bessel series
+    # (more nodes and terms, same accuracy): fewer calls at small batches.
     k = _constants(s.dtype, s.device)
+    rules = [partial(_plain_tier, n_nodes=n, n_terms=m) for _, n, m in _PLAIN_TIERS]
+    rules += [partial(_quadrature_tier, n_log=n) for n in _LOG_NODES]
+    rules += [_asymptotic]
     half_sum = (s[:, 0] + s[:, 1]) / 2
     scale = torch.maximum(half_sum + s[:, 2], half_sum)  # alpha + gamma and beta
-    n_plain = len(_PLAIN_TIERS)
-    rule = torch.bucketize(scale, k.plain_bounds, right=True)
-    rule = torch.where((s[:, 1] + s[:, 2]) >= ASYMPTOTIC_GAMMA, n_plain + 1, rule)
-    counts = torch.bincount(rule, minlength=n_plain + 2).tolist()
-    for i in range(n_plain - 1):
+    rule = torch.bucketize(scale, k.rule_bounds, right=True)
+    rule = torch.where((s[:, 1] + s[:, 2]) >= ASYMPTOTIC_GAMMA, len(rules) - 1, rule)
+    counts = torch.bincount(rule, minlength=len(rules)).tolist()
+    for i in range(len(_PLAIN_TIERS) - 1):
         if counts[i] < _MIN_GROUP and _PLAIN_TIERS[i + 1][2]:  # into a series rule only
             # sorted next to group i + 1: it simply takes them
             counts[i + 1] += counts[i]
             counts[i] = 0
     order = torch.argsort(rule)
     groups = s.index_select(0, order).split(counts)
-    rules = [partial(_plain_tier, n_nodes=n, n_terms=m) for _, n, m in _PLAIN_TIERS]
-    rules += [_log_quadrature, _asymptotic]
     parts = [rule_k(g) for rule_k, g in zip(rules, groups, strict=True) if g.shape[0]]
     log_c = torch.empty_like(s[:, 0]).index_copy_(0, order, torch.cat([p[0] for p in parts]))
     delta = torch.empty_like(s).index_copy_(0, order, torch.cat([p[1] for p in parts]))
@@ -339,7 +334,7 @@ def _mean_jacobian(s: Tensor) -> Tensor:
     s_h = torch.where(tied[:, None], s + tol * split, s)
     with torch.enable_grad():
         s_ = s_h.detach().requires_grad_(True)
-        m_ = 1 - log_normaliser_and_mean_diag(s_)[1]
+        m_ = 1 - _diag(s_)[1]  # s finite float64 already
         rows = [torch.autograd.grad(m_[:, i].sum(), s_, retain_graph=i < 2)[0] for i in range(3)]
     return torch.stack(rows, 1).detach()
 
