@@ -3,7 +3,7 @@
 For each dataset (toy, S^2 vMF mixture, SO(3) matrix Fisher mixture) and method (mad; rsgm
 where it applies), trains one run with config/quick.yaml's settings (steps, batch size, VE
 schedule parameters), then times ``evaluate`` twice: with the quick configuration's evaluation
-settings and with the full defaults (madbench.evaluate.DEFAULTS, what config/config.yaml runs).
+settings and with the full defaults (madbench.config.EvalSettings, what config/config.yaml runs).
 Prints the training time, both evaluation times and their ratio to training, and one JSON line.
 
     python benchmarks/bench_evaluate.py [--device cpu] [--datasets toy s2_vmf_mixture_4 ...]
@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 import yaml
 
-from madbench.config import TrainConfig
-from madbench.evaluate import DEFAULTS, evaluate_run
+from madbench.config import EvalSettings, TrainConfig
+from madbench.evaluate import evaluate_run
 from madbench.training import device_name, train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -73,7 +73,7 @@ def main() -> None:
     dev = device_name(torch.device(a.device))
     print(
         f"\nevaluate vs training ({steps} steps, quick config), {dev}, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads; full = {DEFAULTS}"
+        f"{torch.get_num_threads()} threads; full = {EvalSettings()}"
     )
     print(f"{'dataset':<20}{'method':<8}{'train s':>9}{'eval quick s':>14}{'ratio':>7}"
           f"{'eval full s':>13}{'ratio':>7}")  # fmt: skip

@@ -22,16 +22,9 @@ from collections.abc import Callable
 
 import torch
 
+from madbench.build import build_dataset, build_method, build_schedule
 from madbench.config import TrainConfig
-from madbench.training import (
-    DataStream,
-    build_dataset,
-    build_method,
-    build_schedule,
-    device_name,
-    make_state,
-    optimisation_step,
-)
+from madbench.training import DataStream, device_name, make_state, optimisation_step
 
 DATASETS = {"toy": "toy", "s2": "s2_vmf_mixture_4", "so3": "so3_mf_mixture_3"}
 METHODS = ("dsm", "mad", "rsgm")

@@ -184,18 +184,18 @@ def test_sample_on_a_broken_run_exits_1_naming_the_file(capsys, tmp_path):
 
 def test_evaluate_and_rate_separation_are_delegated(monkeypatch, capsys, tmp_path):
     import madbench.evaluate
-    import madbench.rate_separation
+    import madbench.rate_separation.cli
 
     seen = {}
     monkeypatch.setattr(
         madbench.evaluate, "main", lambda r, o, ov, dev: seen.update(ev=(r, o, ov, dev)) or {}
     )
-    monkeypatch.setattr(madbench.rate_separation, "main", lambda a: seen.update(rs=a) or 0)
+    monkeypatch.setattr(madbench.rate_separation.cli, "main", lambda a: seen.update(rs=a) or 0)
     assert run_cli(capsys, "evaluate", "--run", str(tmp_path), "--out", "m.json")[0] == 0
     assert seen["ev"] == (tmp_path, Path("m.json"), {}, None)
     argv = ["evaluate", "--run", str(tmp_path), "--out", "m.json", "--set", "rtol=1.0e-4"]
     assert run_cli(capsys, *argv, "--device", "cpu")[0] == 0
-    assert seen["ev"] == (tmp_path, Path("m.json"), {"rtol": 1e-4}, "cpu")
+    assert seen["ev"] == (tmp_path, Path("m.json"), {"rtol": "1.0e-4"}, "cpu")  # typed later
     assert run_cli(capsys, *argv[:-2], "--set", "rtol")[0] == 2  # not KEY=VALUE
     assert run_cli(capsys, "rate-separation", "--quick", "x")[0] == 0
     assert seen["rs"] == ["--quick", "x"]

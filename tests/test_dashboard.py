@@ -8,7 +8,6 @@ missing.
 from __future__ import annotations
 
 import json
-import math
 import shutil
 from pathlib import Path
 
@@ -107,24 +106,6 @@ def test_rate_separation_slopes_are_shown_beside_their_predictions(results):
     section = page[page.index("<h2>Rate separation</h2>") :]
     assert "<td>circle</td>" in section and "<td>-1</td>" in section  # slope to 3 digits
     assert "../rate_separation/slopes.csv" in section and "<th>x</th>" not in section
-
-
-def test_t_interval_matches_the_student_t_quantile():
-    x = [1.0, 2.0, 4.0, 7.0, 11.0]
-    r = A.t_interval(x)
-    half = 2.7764451051977987 * np.std(x, ddof=1) / math.sqrt(5)  # t_{0.975, 4} from tables
-    assert r["n"] == 5 and r["mean"] == pytest.approx(5.0)
-    assert (r["ci_high"] - r["ci_low"]) / 2 == pytest.approx(half, rel=1e-9)
-    one = A.t_interval([3.0, float("nan")])
-    assert one["n"] == 1 and math.isnan(one["ci_low"])
-
-
-def test_t_interval_covers_the_mean_at_the_nominal_rate():
-    rng = np.random.default_rng(0)
-    draws = rng.normal(2.0, 3.0, size=(4000, 5))
-    hits = sum(r["ci_low"] <= 2.0 <= r["ci_high"] for r in map(A.t_interval, draws))
-    # 95 % coverage; binomial sd over 4000 trials is 0.0034, allow 4 sd
-    assert abs(hits / 4000 - 0.95) < 4 * 0.0034
 
 
 def test_runs_table_keeps_the_failed_run(results):

@@ -3,7 +3,7 @@
 References: (a) Monte Carlo posterior means E[x0 | x] by self-normalised importance sampling with
 >= 1e5 prior draws (Tweedie: s = (E[x0|x] - x) / sigma^2), tolerance 5 standard errors;
 (b) central finite differences of log sum_k w_k N(x; m_k, sigma^2 I) computed with
-scipy.special.logsumexp in float64 numpy; (c) closed forms of SCIENCE.md 2.1; (d) brute-force
+scipy.special.logsumexp in float64 numpy; (c) closed forms of docs/science.md 2.1; (d) brute-force
 enumeration in numpy.
 """
 

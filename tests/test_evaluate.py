@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from madbench.cli import main
-from madbench.evaluate import distribution_metrics, evaluate_run
+from madbench.evaluate import evaluate_run
+from madbench.metrics import distribution_metrics
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "metrics.md"
 SMALL = dict(n_samples=300, sample_steps=100, n_score=256, n_sigmas=8, n_nll=48, n_norm=400)
@@ -129,7 +130,7 @@ def test_bad_checkpoint_is_a_clear_error_and_writes_nothing(tmp_path, capsys, da
 def test_unknown_evaluate_setting_is_named(tmp_path, capsys):
     run = _train(tmp_path, "toy", "oracle")
     rc, m, err = _evaluate(run, capsys, n_sampels=10)
-    assert rc == 1 and "n_sampels" in err and m is None
+    assert rc == 2 and "'evaluate.n_sampels'" in err and m is None  # bad input: status 2
 
 
 def test_large_hypercube_uses_marginals_and_data_scores_near_zero():
@@ -138,8 +139,8 @@ def test_large_hypercube_uses_marginals_and_data_scores_near_zero():
     ds = get_dataset("hypercube_mixture_20")
     g = torch.Generator().manual_seed(0)
     x, y = ds.sample(4000, generator=g), ds.sample(4000, generator=g)
-    same = distribution_metrics("discrete", ds, x, y, "")
-    flipped = distribution_metrics("discrete", ds, -x.abs(), y, "")  # all coordinates -1
+    same = distribution_metrics(ds, x, y)
+    flipped = distribution_metrics(ds, -x.abs(), y)  # all coordinates -1
     assert set(same) == {"marginal_mae", "correlation_mae"}
     assert same["marginal_mae"] < 0.05 and same["correlation_mae"] < 0.05
     assert flipped["marginal_mae"] > 0.5
@@ -156,14 +157,20 @@ def test_evaluate_run_returns_the_score_error_curve(tmp_path):
 
 
 def test_evaluate_settings_are_typed_and_bad_values_named():
-    from madbench.evaluate import evaluation_settings
-    from madbench.runs import EvaluationError
+    from madbench.config import ConfigError, TrainConfig
 
-    cfg = evaluation_settings(
-        {"evaluate": {"rtol": "1e-4"}}, {"n_nll": "32", "likelihood": "false"}
-    )
-    assert cfg["rtol"] == 1e-4 and cfg["n_nll"] == 32 and cfg["likelihood"] is False
-    with pytest.raises(EvaluationError, match="'n_samples'.*'many'"):
-        evaluation_settings({}, {"n_samples": "many"})
-    with pytest.raises(EvaluationError, match="'atol'"):
-        evaluation_settings({}, {"atol": -1})
+    run_cfg = TrainConfig.from_dict({"evaluate": {"rtol": "1e-4"}})
+    cfg = run_cfg.eval_settings({"n_nll": "32", "likelihood": "false"})
+    assert cfg.rtol == 1e-4 and cfg.n_nll == 32 and cfg.likelihood is False
+    with pytest.raises(ConfigError, match="'evaluate.n_samples'.*'many'"):
+        run_cfg.eval_settings({"n_samples": "many"})
+    with pytest.raises(ConfigError, match="'evaluate.atol'"):
+        run_cfg.eval_settings({"atol": -1})
+    with pytest.raises(ConfigError, match="'evaluate.n_samples' must be >= 2, got 0"):
+        run_cfg.eval_settings({"n_samples": 0})
+    with pytest.raises(ConfigError, match="'evaluate.sampler'"):
+        run_cfg.eval_settings({"sampler": "bogus"})
+    with pytest.raises(ConfigError, match="'evaluate.sampler' is 'grw', not a sampler of an"):
+        run_cfg.eval_settings({"sampler": "grw"})  # an intrinsic sampler for DSM
+    with pytest.raises(ConfigError, match="unknown config key 'evaluate.nope'"):
+        run_cfg.eval_settings({"nope": 1})

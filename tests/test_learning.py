@@ -1,4 +1,4 @@
-"""Slow: DSM and MAD actually learn the exact noisy score (SCIENCE.md section 4).
+"""Slow: DSM and MAD actually learn the exact noisy score (docs/science.md section 4).
 
 Both methods are trained for 3000 CPU steps (batch 512, default 4 x 256 SiLU network, AdamW
 lr 1e-3 with warm-up and cosine decay, EMA, VE schedule sigma in [1e-3, 10]) on the toy and on
@@ -23,9 +23,10 @@ import pytest
 import torch
 
 from madbench._utils import make_generator
+from madbench.build import build_dataset, build_method, build_schedule
 from madbench.config import TrainConfig
 from madbench.runs import load_run
-from madbench.training import build_dataset, build_method, build_schedule, train
+from madbench.training import train
 
 pytestmark = pytest.mark.slow
 

@@ -12,11 +12,12 @@ import pytest
 import torch
 
 from madbench._utils import make_generator
+from madbench.build import build_dataset, build_method, build_schedule
 from madbench.config import TrainConfig
 from madbench.data import get_dataset
 from madbench.methods import get_method, list_methods
 from madbench.runs import load_run
-from madbench.training import build_dataset, build_method, build_schedule, train
+from madbench.training import train
 
 # one dataset per manifold family: discrete, sphere, SO(3), torus
 FAMILIES = ["toy", "s2_vmf_mixture_4", "so3_mf_mixture_3", "torus_vonmises"]
@@ -190,3 +191,48 @@ def test_exact_score_has_the_lowest_dsm_loss(dataset, schedule):
         with torch.no_grad():
             losses[m] = method.loss(x0, make_generator(1)).item()
     assert losses["oracle"] + 0.01 < losses["mad"] < losses["dsm"], losses
+
+
+# ------------------------------------------------------------------ the ambient method's hooks
+def test_a_weighted_dsm_is_a_short_subclass():
+    """docs/architecture.md's example: a DSM whose per-example loss is weighted by sigma^power,
+    written with the ``loss_weight`` hook and its own ``Params``, gives the weighted loss that
+    a direct computation with the same draws gives, and checks its parameter."""
+    import dataclasses
+
+    from madbench.methods import AmbientParams
+    from madbench.methods.dsm import DSM
+    from madbench.settings import ConfigError
+
+    @dataclasses.dataclass(frozen=True)
+    class WeightedParams(AmbientParams):
+        power: float = 1.0
+
+        def checks(self):
+            return [("power", self.power >= 0, "must be >= 0")]
+
+    class WeightedDSM(DSM):
+        Params = WeightedParams
+
+        def loss_weight(self, a, s):
+            return (s / a) ** self.params.power
+
+    cfg = tiny_config("dsm", "toy")
+    plain = build(cfg)
+    ds, sch = plain.dataset, plain.schedule
+    weighted = WeightedDSM(ds, sch, net=plain.net, params={"power": "2"})
+    assert weighted.params.power == 2.0 and weighted.params.input_scaling
+    x0 = ds.sample(64, generator=make_generator(0))
+    got = weighted.loss(x0, make_generator(1))
+    g = make_generator(1)  # the same draws, the weighted mean by hand
+    t = sch.sample_t(64, generator=g)
+    eps = torch.randn(x0.shape, generator=g)
+    a, s = plain.coefficients(t, x0.dtype)
+    err = (plain.scaled_score(a * x0 + s * eps, a, s) + eps).square().sum(-1)
+    expected = ((s / a).reshape(-1) ** 2 * err).mean()
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=0)
+    assert not torch.allclose(got, plain.loss(x0, make_generator(1)))
+    with pytest.raises(ConfigError, match="'method.power' must be >= 0"):
+        WeightedDSM(ds, sch, net=plain.net, params={"power": -1})
+    with pytest.raises(ConfigError, match="unknown config key 'method.powr'"):
+        WeightedDSM(ds, sch, net=plain.net, params={"powr": 1})

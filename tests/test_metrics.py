@@ -12,6 +12,9 @@ from scipy.linalg import logm
 from scipy.spatial.transform import Rotation
 
 from madbench import metrics as M
+from madbench.manifolds import SO3, Sphere, Torus
+from madbench.manifolds import _distances as D
+from madbench.manifolds.so3 import rotation_angle
 
 
 def _gen(seed: int) -> torch.Generator:
@@ -74,7 +77,7 @@ def test_sphere_geodesic_matches_arccos_when_well_conditioned(p):
     x, y = _sphere(40, 1, p), _sphere(30, 2, p)
     ref = np.arccos(np.clip(x.numpy() @ y.numpy().T, -1, 1))
     mask = np.abs(x.numpy() @ y.numpy().T) < 0.99
-    d = M.sphere_geodesic_cdist(x, y).numpy()
+    d = D.sphere_geodesic_cdist(x, y).numpy()
     assert d.shape == (40, 30)
     np.testing.assert_allclose(d[mask], ref[mask], rtol=1e-12, atol=1e-13)
 
@@ -83,9 +86,9 @@ def test_sphere_geodesic_matches_arccos_when_well_conditioned(p):
 def test_sphere_geodesic_exact_at_zero_and_pi(a):
     x = torch.tensor([[1.0, 0.0, 0.0]], dtype=torch.float64)
     y = torch.tensor([[math.cos(a), math.sin(a), 0.0]], dtype=torch.float64)
-    d = M.sphere_geodesic_cdist(x, y).item()
+    d = D.sphere_geodesic_cdist(x, y).item()
     assert d == pytest.approx(a, rel=1e-12, abs=1e-15)
-    assert M.sphere_geodesic_cdist(x, -x).item() == math.pi
+    assert D.sphere_geodesic_cdist(x, -x).item() == math.pi
 
 
 def test_so3_angle_matches_scipy_relative_rotation():
@@ -93,11 +96,11 @@ def test_so3_angle_matches_scipy_relative_rotation():
     rx = Rotation.from_matrix(x.numpy().reshape(-1, 3, 3))
     ry = Rotation.from_matrix(y.numpy().reshape(-1, 3, 3))
     ref = np.array([[(rx[i].inv() * ry[j]).magnitude() for j in range(20)] for i in range(30)])
-    d = M.so3_angle_cdist(x, y).numpy()
+    d = D.so3_angle_cdist(x, y).numpy()
     np.testing.assert_allclose(d, ref, atol=1e-7)  # trace formula: sqrt(eps) near pi
     far = ref < 3.0
     np.testing.assert_allclose(d[far], ref[far], rtol=1e-10, atol=1e-12)
-    ang = M.so3_rotation_angle(x).numpy()
+    ang = rotation_angle(x).numpy()
     np.testing.assert_allclose(ang, rx.magnitude(), atol=1e-7)
 
 
@@ -108,19 +111,22 @@ def test_so3_angle_small_and_large_angles(w):
     r1 = r0 * Rotation.from_rotvec(w * axis)
     x = torch.from_numpy(r0.as_matrix().reshape(1, 9))
     y = torch.from_numpy(r1.as_matrix().reshape(1, 9))
-    d = M.so3_angle_cdist(x, y).item()
+    d = D.so3_angle_cdist(x, y).item()
     assert d == pytest.approx(w, rel=1e-6 if w < 3 else 0, abs=1e-7 if w > 3 else 0)
 
 
 def test_so3_frobenius_distance_is_norm_of_matrix_log():
-    x, y = _haar(5, 5), _haar(5, 6)
-    d = M.geodesic_cdist("so3_frobenius", x, y).numpy()
-    for i in range(5):
-        for j in range(5):
-            r1, r2 = x[i].numpy().reshape(3, 3), y[j].numpy().reshape(3, 3)
-            ref = np.linalg.norm(np.real(logm(r1.T @ r2)))
-            if d[i, j] < 3.0 * math.sqrt(2):  # logm is ill-conditioned near pi
-                assert d[i, j] == pytest.approx(ref, rel=1e-8)
+    x, y = _haar(25, 5), _haar(25, 6)
+    d = SO3().geodesic_distance(x, y).numpy()
+    for i in range(25):
+        r1, r2 = x[i].numpy().reshape(3, 3), y[i].numpy().reshape(3, 3)
+        ref = np.linalg.norm(np.real(logm(r1.T @ r2)))
+        if d[i] < 3.0 * math.sqrt(2):  # logm is ill-conditioned near pi
+            assert d[i] == pytest.approx(ref, rel=1e-8)
+    # the metric distance is the rotation angle: the geodesic distance of tr(A^T B) / 2
+    np.testing.assert_allclose(
+        SO3().metric_cdist(x, y).diagonal().numpy() * math.sqrt(2), d, rtol=1e-7, atol=1e-7
+    )
 
 
 def test_torus_and_euclidean_distances():
@@ -132,21 +138,19 @@ def test_torus_and_euclidean_distances():
 
     diff = np.abs(ta[:, None, :] - tb[None, :, :])
     ref = np.sqrt((np.minimum(diff, 2 * np.pi - diff) ** 2).sum(-1))
-    np.testing.assert_allclose(M.geodesic_cdist("torus", emb(ta), emb(tb)), ref, rtol=1e-12)
+    np.testing.assert_allclose(Torus(2).metric_cdist(emb(ta), emb(tb)), ref, rtol=1e-12)
     a, b = torch.randn(5, 4, dtype=torch.float64), torch.randn(3, 4, dtype=torch.float64)
     ref_e = np.linalg.norm(a.numpy()[:, None] - b.numpy()[None], axis=-1)
-    np.testing.assert_allclose(M.geodesic_cdist("discrete", a, b), ref_e, rtol=1e-12)
+    np.testing.assert_allclose(D.euclidean_cdist(a, b), ref_e, rtol=1e-12)
 
 
 def test_distance_bad_input():
-    with pytest.raises(KeyError, match="known manifold kinds"):
-        M.geodesic_cdist("hyperbolic", torch.zeros(2, 3), torch.zeros(2, 3))
     with pytest.raises(ValueError, match="9 coordinates"):
-        M.so3_angle_cdist(torch.zeros(2, 4), torch.zeros(2, 4))
+        D.so3_angle_cdist(torch.zeros(2, 4), torch.zeros(2, 4))
     with pytest.raises(ValueError, match="columns"):
-        M.euclidean_cdist(torch.zeros(2, 3), torch.zeros(2, 4))
+        D.euclidean_cdist(torch.zeros(2, 3), torch.zeros(2, 4))
     with pytest.raises(ValueError, match="nonzero"):
-        M.sphere_geodesic_cdist(torch.zeros(2, 3), torch.ones(2, 3))
+        D.sphere_geodesic_cdist(torch.zeros(2, 3), torch.ones(2, 3))
 
 
 # ----------------------------------------------------------------------------- MMD
@@ -165,7 +169,7 @@ def _mmd_loop(x: np.ndarray, y: np.ndarray, h: float) -> float:
 
 def test_mmd_matches_definition_loop():
     x, y = _sphere(12, 8), _sphere(9, 9)
-    val = M.mmd2_unbiased(x, y, "sphere", [0.3, 1.0])
+    val = M.mmd2_unbiased(x, y, Sphere(2).metric_cdist, [0.3, 1.0])
     for h in (0.3, 1.0):
         assert val[h] == pytest.approx(_mmd_loop(x.numpy(), y.numpy(), h), rel=1e-10, abs=1e-13)
 
@@ -173,7 +177,7 @@ def test_mmd_matches_definition_loop():
 def test_mmd_of_a_sample_with_itself():
     x = _sphere(50, 10)
     h = 0.5
-    val = M.mmd2_unbiased(x, x, M.sphere_geodesic_cdist, [h])[h]
+    val = M.mmd2_unbiased(x, x, D.sphere_geodesic_cdist, [h])[h]
     d = np.arccos(np.clip(x.numpy() @ x.numpy().T, -1, 1))
     k = np.exp(-(d**2) / (2 * h * h))
     off = (k.sum() - np.trace(k)) / (50 * 49)
@@ -192,10 +196,11 @@ def test_mmd_and_ot_invariant_under_isometries(kind):
         r = stats.special_ortho_group.rvs(3, random_state=13)
         moves = [(_rotate_so3(r, x, s), _rotate_so3(r, y, s)) for s in ("left", "right")]
     hs = [0.2, 0.5, 1.0]
-    ref_mmd, ref_ot = M.mmd2_unbiased(x, y, kind, hs), M.ot_distances(x, y, kind)
+    dist = Sphere(2).metric_cdist if kind == "sphere" else SO3().metric_cdist
+    ref_mmd, ref_ot = M.mmd2_unbiased(x, y, dist, hs), M.ot_distances(x, y, dist)
     assert ref_ot["w1"] > 0.1 if kind == "so3" else ref_ot["w1"] > 0.05
     for rx, ry in moves:
-        mmd, ot = M.mmd2_unbiased(rx, ry, kind, hs), M.ot_distances(rx, ry, kind)
+        mmd, ot = M.mmd2_unbiased(rx, ry, dist, hs), M.ot_distances(rx, ry, dist)
         for h in hs:
             assert mmd[h] == pytest.approx(ref_mmd[h], rel=1e-9, abs=1e-12)
         assert ot["w1"] == pytest.approx(ref_ot["w1"], rel=1e-7)
@@ -215,9 +220,11 @@ def test_mmd_exceeds_noise_floor_for_different_laws():
 
     hs = [0.2, 0.5, 1.0]
     g = torch.Generator().manual_seed(5)
-    diff = M.mmd2_unbiased(uniform(300, g), cap(300, g), "sphere", hs)
+    diff = M.mmd2_unbiased(uniform(300, g), cap(300, g), Sphere(2).metric_cdist, hs)
     for sampler in (uniform, cap):
-        floor = M.noise_floor(lambda a, b: M.mmd2_unbiased(a, b, "sphere", hs), sampler, 300, 1)
+        floor = M.noise_floor(
+            lambda a, b: M.mmd2_unbiased(a, b, Sphere(2).metric_cdist, hs), sampler, 300, 1
+        )
         for h in hs:
             # null sd of the MMD estimate is O(1/n) ~ 3e-3; the laws differ by far more
             assert abs(floor[h]) < 0.02
@@ -227,7 +234,7 @@ def test_mmd_exceeds_noise_floor_for_different_laws():
 def test_mmd_bad_bandwidth():
     x = _sphere(5, 0)
     with pytest.raises(ValueError, match="positive"):
-        M.mmd2_unbiased(x, x, "sphere", [0.0])
+        M.mmd2_unbiased(x, x, Sphere(2).metric_cdist, [0.0])
 
 
 # ----------------------------------------------------------------------------- OT
@@ -235,7 +242,7 @@ def test_mmd_bad_bandwidth():
 
 def test_ot_of_a_sample_with_itself_is_zero():
     x = _haar(60, 21)
-    ot = M.ot_distances(x, x, "so3")
+    ot = M.ot_distances(x, x, SO3().metric_cdist)
     assert ot["w1"] == pytest.approx(0.0, abs=1e-12)
     assert ot["w2"] == pytest.approx(0.0, abs=1e-6)
 
@@ -246,7 +253,7 @@ def test_ot_two_atoms_hand_values():
     s = torch.tensor([math.pi, 3 * math.pi / 2], dtype=torch.float64)
     x = torch.stack([t.cos(), t.sin()], -1)
     y = torch.stack([s.cos(), s.sin()], -1)
-    ot = M.ot_distances(x, y, "circle")
+    ot = M.ot_distances(x, y, Sphere(1).metric_cdist)
     assert ot["w1"] == pytest.approx(math.pi / 2, rel=1e-12)
     assert ot["w2"] == pytest.approx(math.pi / 2, rel=1e-12)
 
@@ -257,7 +264,7 @@ def test_circle_w1_closed_form_matches_pot(sizes):
     tx = np.concatenate([rng.vonmises(0.5, 4.0, sizes[0] // 2), rng.uniform(0, 7, sizes[0] // 2)])
     ty = rng.vonmises(2.5, 2.0, sizes[1])
     emb = lambda t: torch.from_numpy(np.stack([np.cos(t), np.sin(t)], -1))
-    pot = M.ot_distances(emb(tx), emb(ty), "circle")["w1"]
+    pot = M.ot_distances(emb(tx), emb(ty), Sphere(1).metric_cdist)["w1"]
     closed = M.circle_w1(tx, ty)
     assert closed == pytest.approx(pot, rel=1e-9)
     assert pot > 0.1
@@ -275,12 +282,12 @@ def test_circle_w1_hand_values():
 
 def test_ot_subsampling_is_seeded():
     x, y = _sphere(300, 31), _sphere(250, 32)
-    a = M.ot_distances(x, y, "sphere", max_points=100, seed=3)
-    b = M.ot_distances(x, y, "sphere", max_points=100, seed=3)
-    c = M.ot_distances(x, y, "sphere", max_points=100, seed=4)
+    a = M.ot_distances(x, y, Sphere(2).metric_cdist, max_points=100, seed=3)
+    b = M.ot_distances(x, y, Sphere(2).metric_cdist, max_points=100, seed=3)
+    c = M.ot_distances(x, y, Sphere(2).metric_cdist, max_points=100, seed=4)
     assert a == b and a != c
-    full = M.ot_distances(x, y, "sphere", max_points=300)
-    assert full == M.ot_distances(x, y, "sphere", max_points=10_000)
+    full = M.ot_distances(x, y, Sphere(2).metric_cdist, max_points=300)
+    assert full == M.ot_distances(x, y, Sphere(2).metric_cdist, max_points=10_000)
     assert full["w1"] <= full["w2"] + 1e-12  # Jensen
 
 
@@ -415,17 +422,3 @@ def test_score_error_bad_shapes():
         M.score_error_curve(lambda x, s: x[:, :2], _score_true, _sphere_data, [1.0], 10, _gen(0))
     with pytest.raises(ValueError, match="positive"):
         M.score_error_curve(_score_true, _score_true, _sphere_data, [0.0, 1.0], 10, _gen(0))
-
-
-# ----------------------------------------------------------------------------- t interval
-
-
-def test_t_interval_hand_value():
-    mean, lo, hi = M.t_interval([1.0, 2.0, 3.0, 4.0, 5.0])
-    half = 2.776445105 * math.sqrt(2.5) / math.sqrt(5)  # t_{0.975, 4} from tables
-    assert mean == 3.0
-    assert lo == pytest.approx(3.0 - half, rel=1e-9) and hi == pytest.approx(3.0 + half, rel=1e-9)
-    m1, l1, h1 = M.t_interval(torch.tensor([4.2]))
-    assert m1 == pytest.approx(4.2) and math.isnan(l1) and math.isnan(h1)
-    with pytest.raises(ValueError, match="NaN"):
-        M.t_interval([1.0, float("nan")])

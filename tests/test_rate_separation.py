@@ -1,8 +1,8 @@
-"""Tests of the rate-separation curves (SCIENCE.md 5) on the circle with exact scores.
+"""Tests of the rate-separation curves (docs/science.md 5) on the circle with exact scores.
 
 Every closed form is checked against an independent computation: scipy quadrature of the noisy
 density, finite differences, scipy's von Mises law, exact OU/ULA variances, and the reference
-numbers of SCIENCE.md 5 (which the quadrature oracle must reproduce).
+numbers of docs/science.md 5 (which the quadrature oracle must reproduce).
 """
 
 from __future__ import annotations
@@ -252,8 +252,8 @@ def test_moment_mmd_against_bessel_moments():
 def test_cli_quick_anatomy_writes_tables(tmp_path):
     import pandas as pd
 
-    from madbench.rate_separation import main
-    from madbench.rate_separation.cli import SLOPE_COLUMNS
+    from madbench.rate_separation.cli import main
+    from madbench.rate_separation.outputs import SLOPE_COLUMNS
 
     assert (
         main(
@@ -277,8 +277,11 @@ def test_cli_quick_anatomy_writes_tables(tmp_path):
     ].iloc[0]
     assert row.ci_low <= row.slope <= row.ci_high and abs(row.slope + 1) < 0.05
     assert curves.sigma.max() / curves.sigma.min() >= 100
-    with pytest.raises(SystemExit):
-        main(["--parts", "nonsense", "--results", str(tmp_path)])
+    before = (tmp_path / "rate_separation" / "slopes.csv").read_bytes()
+    assert main(["--parts", "nonsense", "--results", str(tmp_path)]) == 2
+    assert main(["--manifolds", "sphere", "--results", str(tmp_path)]) == 2  # a typo of s2
+    assert main(["--run-dir", "dsm:s2", "--results", str(tmp_path)]) == 2
+    assert (tmp_path / "rate_separation" / "slopes.csv").read_bytes() == before
 
 
 # ------------------------------------------------------------------ learned-score adapter

@@ -36,8 +36,10 @@ def test_registry() -> None:
     assert isinstance(get_schedule("vp_cosine", s=0.01), VPCosine)
     with pytest.raises(KeyError, match="known schedules"):
         get_schedule("vx")
-    with pytest.raises(ValueError, match="bad parameters"):
+    with pytest.raises(ValueError, match="'schedule.beta_max' is not a parameter of schedule 've'"):
         get_schedule("ve", beta_max=3.0)
+    with pytest.raises(ValueError, match="bad parameters for schedule 've'"):
+        get_schedule("ve", sigma_min=2.0, sigma_max=1.0)
     with pytest.raises(ValueError):
         VE(sigma_min=1.0, sigma_max=0.5)
     with pytest.raises(ValueError):

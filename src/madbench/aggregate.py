@@ -13,15 +13,16 @@ mean alone).
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from madbench._utils import atomic_write
+from madbench.data import DATASETS, get_dataset
+from madbench.rundir import RunDir, read_csv, read_json
+from madbench.stats import t_interval
 
 COORDS = ["dataset", "family", "schedule", "method", "seed"]
 STATUS_COLS = ["status", "failed_stage", "error", "attempt", "run_dir"]
@@ -57,24 +58,13 @@ COST = [
     "bench.train_s",
     "bench.evaluate_s",
 ]
-FAMILY_PREFIXES = {
-    "toy": "discrete",
-    "onehot": "discrete",
-    "hypercube": "discrete",
-    "sphere": "sphere",
-    "s2": "sphere",
-    "so3": "so3",
-    "earth": "earth",
-    "circle": "torus",
-    "torus": "torus",
-}
 EARTH_COLUMNS = {
     "earth_volcano": "Volcano",
     "earth_earthquake": "Earthquake",
     "earth_flood": "Flood",
     "earth_fire": "Fire",
 }
-#: Earth test NLL in nats (lower is better) as published (SCIENCE.md section 6; each paper's
+#: Earth test NLL in nats (lower is better) as published (docs/science.md section 6; each paper's
 #: own split): method -> (Volcano, Earthquake, Flood, Fire).
 PUBLISHED_EARTH_NLL = {
     "uniform on S^2": ("2.531", "2.531", "2.531", "2.531"),
@@ -87,23 +77,14 @@ PUBLISHED_EARTH_NLL = {
 
 
 def dataset_family(name: str) -> str:
-    """Table family of a dataset name: discrete, sphere, so3, earth, torus, else the prefix."""
-    prefix = name.split("_")[0]
-    return FAMILY_PREFIXES.get(prefix, prefix)
+    """The table family of a registered dataset (``Dataset.family``: discrete, sphere, so3,
+    torus, earth); "other" for a name no longer registered."""
+    return get_dataset(name).family if name in DATASETS else "other"
 
 
 # --------------------------------------------------------------------------------------------
 # One row per run
 # --------------------------------------------------------------------------------------------
-
-
-def read_json(path: Path) -> dict | None:
-    """The JSON object in ``path``, or None if it is missing or unreadable."""
-    try:
-        value = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return None
-    return value if isinstance(value, dict) else None
 
 
 def flatten(d: dict, prefix: str) -> dict:
@@ -119,11 +100,8 @@ def flatten(d: dict, prefix: str) -> dict:
 
 def history_summary(run: Path) -> dict:
     """Final loss, steps/s and wall time from history.csv (empty if there is none)."""
-    try:
-        h = pd.read_csv(run / "history.csv")
-    except (OSError, ValueError, pd.errors.EmptyDataError):
-        return {}
-    if h.empty:
+    h = read_csv(RunDir(run).history)
+    if h is None:
         return {}
     last = h.iloc[-1]
     out = {f"hist.{c}": float(last[c]) for c in ("step", "loss", "wall_time") if c in h}
@@ -153,11 +131,11 @@ def run_row(status_path: Path, bench_root: Path | None = None) -> dict:
     row = {k: status.get(k) for k in ("dataset", "schedule", "method", "seed")}
     row.update({k: status.get(k) for k in STATUS_COLS}, run_dir=str(run))
     row["family"] = dataset_family(str(row["dataset"]))
-    metrics = read_json(run / "metrics.json")
+    metrics = read_json(RunDir(run).metrics)
     if row["status"] == "ok" and metrics is None:
         row.update(status="failed", failed_stage="evaluate", error="metrics.json missing")
     pattern = "/".join(run.parts[-4:])
-    row.update(flatten(read_json(run / "run_info.json") or {}, "info."))
+    row.update(flatten(read_json(RunDir(run).run_info) or {}, "info."))
     row.update(history_summary(run))
     row.update(benchmark_summary(bench_root, pattern))
     for k, v in (metrics or {}).items():
@@ -198,21 +176,6 @@ def metric_columns(df: pd.DataFrame) -> list[str]:
 # --------------------------------------------------------------------------------------------
 # Statistics
 # --------------------------------------------------------------------------------------------
-
-
-def t_interval(values: Iterable[float], level: float = 0.95) -> dict:
-    """n, mean, std and the Student-t interval of the mean of the finite ``values``."""
-    x = np.asarray([v for v in values if v is not None], dtype=float)
-    x = x[np.isfinite(x)]
-    n = len(x)
-    if n == 0:
-        return {"n": 0, "mean": math.nan, "std": math.nan, "ci_low": math.nan, "ci_high": math.nan}
-    mean = float(x.mean())
-    if n == 1:
-        return {"n": 1, "mean": mean, "std": math.nan, "ci_low": math.nan, "ci_high": math.nan}
-    std = float(x.std(ddof=1))
-    half = float(stats.t.ppf(0.5 + level / 2, n - 1)) * std / math.sqrt(n)
-    return {"n": n, "mean": mean, "std": std, "ci_low": mean - half, "ci_high": mean + half}
 
 
 def summarize(df: pd.DataFrame, metrics: list[str] | None = None) -> pd.DataFrame:
@@ -427,7 +390,7 @@ def write_tables(
         earth_table(summary),
         earth_table(summary),
         "earth test NLL in nats (lower is better); 'published' rows are the papers' "
-        f"own numbers and splits (SCIENCE.md section 6), not ours; ours: {T_NOTE}",
+        f"own numbers and splits (docs/science.md section 6), not ours; ours: {T_NOTE}",
     )
     excl = excluded if excluded is not None else pd.DataFrame(columns=["dataset", "method"])
     write_csv(out / "excluded.csv", excl)

@@ -82,8 +82,12 @@ def cmd_list(args: argparse.Namespace) -> None:
         from madbench.methods import get_method, list_methods
 
         for name in list_methods():
-            doc = (get_method(name).__doc__ or "").strip().splitlines()[0]
-            print(f"{name:10s} {doc}" if args.verbose else name)
+            cls = get_method(name)
+            doc = (cls.__doc__ or "").strip().splitlines()[0]
+            params = ", ".join(f"method.{k}={v}" for k, v in cls.Params().to_dict().items())
+            print(
+                f"{name:10s} {doc}" + (f" [{params}]" if params else "") if args.verbose else name
+            )
     elif args.what == "datasets":
         from madbench.data import get_dataset, list_datasets
 
@@ -154,16 +158,14 @@ def cmd_sample(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    import yaml
-
     import madbench.evaluate
 
     overrides = {}
     for item in args.set:
         key, sep, value = item.partition("=")
-        if not sep or not key:
+        if not sep or not key.strip():
             raise UsageError(f"--set expects KEY=VALUE, got {item!r}")
-        overrides[key.strip()] = yaml.safe_load(value)
+        overrides[key.strip()] = value.strip()  # typed and checked by EvalSettings
     metrics = madbench.evaluate.main(args.run, args.out, overrides, args.device)
     print(f"{len(metrics)} metrics -> {args.out}")
 
@@ -178,9 +180,9 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["rate-separation"]:
-        import madbench.rate_separation
+        from madbench.rate_separation import cli as rate_separation_cli
 
-        return int(madbench.rate_separation.main(argv[1:]) or 0)
+        return int(rate_separation_cli.main(argv[1:]) or 0)
     args = _parser().parse_args(argv)
     commands = {
         "list": cmd_list,
@@ -188,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
         "sample": cmd_sample,
         "evaluate": cmd_evaluate,
     }
-    from madbench.runs import EvaluationError, RunLoadError
+    from madbench.evaluate import EvaluationError
+    from madbench.rundir import RunLoadError
     from madbench.training import NonFiniteLossError
 
     try:

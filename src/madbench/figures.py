@@ -19,8 +19,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
+import torch  # noqa: E402
 
 from madbench.aggregate import headline_metrics, metric_columns  # noqa: E402
+from madbench.data import get_dataset  # noqa: E402
+from madbench.manifolds.so3 import rotation_angle  # noqa: E402
+from madbench.rundir import HISTORY, PROBES, SCORE_ERROR, RunDir, read_csv  # noqa: E402
 
 SAMPLE_KEYS = ("projected", "samples", "x", "raw")
 #: Methods in this order and with these colours in every figure (others follow, sorted).
@@ -83,8 +87,6 @@ def facet_axes(n: int, ncols: int, size: float = 3.2, **kw):
 
 def toy_magnitudes(ds, sigmas: np.ndarray, n: int = 2000) -> pd.DataFrame:
     """|s| and |s - s_base| at x = (1, 0) and their means over x = (1, 0) + sigma z, z ~ N(0, I)."""
-    import torch
-
     g = torch.Generator().manual_seed(0)
     z = torch.randn(n, 2, generator=g, dtype=torch.float64)
     x0 = torch.tensor([[1.0, 0.0]], dtype=torch.float64)
@@ -114,10 +116,6 @@ def toy_magnitudes(ds, sigmas: np.ndarray, n: int = 2000) -> pd.DataFrame:
 
 def toy_fields(png: str | Path, pdf: str | Path, sigma: float = 0.8) -> None:
     """Fields s, s_base, s - s_base at ``sigma`` and |s|, |s - s_base| against sigma at (1, 0)."""
-    import torch
-
-    from madbench.data import get_dataset
-
     ds = get_dataset("toy")
     g = torch.linspace(-2.0, 2.0, 21, dtype=torch.float64)
     xy = torch.cartesian_prod(g, g)
@@ -143,12 +141,8 @@ def read_run_csvs(runs: pd.DataFrame, name: str) -> pd.DataFrame:
     """Concatenate RUN/name over the ok runs that have it, with the run coordinates added."""
     frames = []
     for r in ok_runs(runs).itertuples():
-        path = Path(r.run_dir) / name
-        if path.exists():
-            try:
-                f = pd.read_csv(path)
-            except (ValueError, pd.errors.EmptyDataError):
-                continue
+        f = read_csv(RunDir(r.run_dir) / name)
+        if f is not None:
             frames.append(
                 f.assign(dataset=r.dataset, schedule=r.schedule, method=r.method, seed=r.seed)
             )
@@ -166,7 +160,7 @@ def pick_metric(ok: pd.DataFrame, metric: str | None) -> str | None:
 
 def training_curves(runs: pd.DataFrame, png: str | Path, pdf: str | Path) -> None:
     """Training loss against step and against wall time, per dataset, hue = method (history.csv)."""
-    h = read_run_csvs(runs, "history.csv")
+    h = read_run_csvs(runs, HISTORY)
     if h.empty or "loss" not in h:
         return placeholder(png, pdf, "training curves", "no history.csv with a loss column")
     datasets = sorted(h["dataset"].unique())
@@ -200,7 +194,7 @@ def efficiency(
     """Quality per compute: distance to M and a distributional metric of the EMA model against
     training steps and training wall time (RUN/probes.csv, written when probe_every > 0), one row
     per dataset, mean over seeds. Without probes: the final headline metric against wall time."""
-    pr = read_run_csvs(runs, "probes.csv")
+    pr = read_run_csvs(runs, PROBES)
     if not pr.empty and "dist_mean" in pr:
         return _efficiency_probes(pr, png, pdf)
     ok = ok_runs(runs)
@@ -270,7 +264,7 @@ def _efficiency_probes(pr: pd.DataFrame, png: str | Path, pdf: str | Path) -> No
 
 def score_error(runs: pd.DataFrame, png: str | Path, pdf: str | Path) -> None:
     """Exact score error against sigma per method (RUN/score_error.csv), log-log, 95 % CI band."""
-    c = read_run_csvs(runs, "score_error.csv")
+    c = read_run_csvs(runs, SCORE_ERROR)
     if c.empty or not {"sigma", "mse"} <= set(c.columns):
         return placeholder(png, pdf, "exact score error", "no run wrote score_error.csv")
     datasets = sorted(c["dataset"].unique())
@@ -320,7 +314,7 @@ def schedules(
 
 def load_samples(run_dir: str | Path) -> np.ndarray | None:
     """Points of RUN/samples.npz (the projected ones when stored), shape (n, D), or None."""
-    path = Path(run_dir) / "samples.npz"
+    path = RunDir(run_dir).samples
     if not path.exists():
         return None
     with np.load(path) as z:
@@ -356,12 +350,6 @@ def samples_s2(runs: pd.DataFrame, png: str | Path, pdf: str | Path) -> None:
     save(fig, png, pdf)
 
 
-def rotation_angles(x: np.ndarray) -> np.ndarray:
-    """Rotation angle in [0, pi] of each flattened 3x3 matrix (rows of x)."""
-    trace = x[:, 0] + x[:, 4] + x[:, 8]
-    return np.arccos(np.clip((trace - 1) / 2, -1, 1))
-
-
 def samples_so3(runs: pd.DataFrame, png: str | Path, pdf: str | Path) -> None:
     """Histograms of the rotation angle of SO(3) samples against the Haar law (1 - cos w)/pi."""
     panels = sample_panels(runs, 9)
@@ -370,7 +358,7 @@ def samples_so3(runs: pd.DataFrame, png: str | Path, pdf: str | Path) -> None:
     fig, axes = facet_axes(len(panels), min(3, len(panels)))
     w = np.linspace(0, np.pi, 200)
     for ax, (title, x) in zip(axes, panels, strict=True):
-        sns.histplot(rotation_angles(x), bins=40, stat="density", ax=ax)
+        sns.histplot(rotation_angle(torch.as_tensor(x)).numpy(), bins=40, stat="density", ax=ax)
         ax.plot(w, (1 - np.cos(w)) / np.pi, "k--", label="Haar")
         ax.set(title=title, xlabel="rotation angle (rad)")
         ax.title.set_fontsize(8)

@@ -1,4 +1,4 @@
-"""Log-likelihoods through probability-flow ODEs with the exact divergence (SCIENCE.md 1, 4).
+"""Log-likelihoods through probability-flow ODEs with the exact divergence (docs/science.md 1, 4).
 
 Ambient models (DSM, MAD, oracle) on R^D. Every schedule's marginal at t is the VE law
 p_sigma = p_data * N(0, sigma^2 I) of y = x / alpha(t) with sigma = sigma(t), and its
@@ -88,21 +88,15 @@ def ve_score(
     return a * call_score(score_fn, a * y, t, dtype)
 
 
-def t_of_heat_time(schedule: Schedule, tau: float) -> float:
-    """Inverse of ``schedule.heat_time`` (increasing, heat_time(0) = 0) by bisection on [0, T]."""
-    tau_max = float(schedule.heat_time(_f64(schedule.T)))
-    if not 0 <= tau <= tau_max * (1 + 1e-12):
-        raise ValueError(f"heat time {tau} outside [0, heat_time(T) = {tau_max}]")
-    lo, hi = 0.0, float(schedule.T)
-    for _ in range(200):
-        mid = 0.5 * (lo + hi)
-        if mid in (lo, hi):
-            break
-        if float(schedule.heat_time(_f64(mid))) < tau:
-            lo = mid
-        else:
-            hi = mid
-    return 0.5 * (lo + hi)
+class _Counted:
+    """An ODE right-hand side that counts its calls (``n``: the number of function evaluations)."""
+
+    def __init__(self, fn: Callable[[float, Tensor], Tensor]):
+        self.fn, self.n = fn, 0
+
+    def __call__(self, lam: float, state: Tensor) -> Tensor:
+        self.n += 1
+        return self.fn(lam, state)
 
 
 # ------------------------------------------------------------------------------ divergence
@@ -202,11 +196,8 @@ def ambient_log_likelihood(
     n, d = x.shape
     a_min = float(schedule.alpha(_f64(schedule.t_min)))
     s_min, s_max = schedule.sigma_min, schedule.sigma_max
-    nfe = 0
 
-    def rhs(lam: float, state: Tensor) -> Tensor:
-        nonlocal nfe
-        nfe += 1
+    def flow(lam: float, state: Tensor) -> Tensor:
         sigma = math.exp(lam)
         v, div = field_and_divergence(
             lambda y: -(sigma**2) * ve_score(score_fn, schedule, y, sigma, dtype),
@@ -215,6 +206,7 @@ def ambient_log_likelihood(
         )
         return torch.cat([v, div.unsqueeze(-1)], -1)
 
+    rhs = _Counted(flow)
     y0 = x.double() / a_min
     state0 = torch.cat([y0, torch.zeros(n, 1, dtype=torch.float64, device=x.device)], -1)
     end, _ = _solve(rhs, state0, math.log(s_min), math.log(s_max), rtol, atol, solver)
@@ -223,7 +215,7 @@ def ambient_log_likelihood(
     logp = prior + delta - d * math.log(a_min)
     return {
         "logp": logp,
-        "nfe": nfe,
+        "nfe": rhs.n,
         "prior_logp": prior,
         "delta_logp": delta,
         "y_T": y_t,
@@ -240,7 +232,7 @@ def ambient_log_likelihood(
 def on_manifold_log_likelihood(logp_ambient: Tensor, sigma: float | Tensor, codim: int) -> Tensor:
     """Small-sigma estimate of log p_data on M: log p_sigma(x0) + (codim / 2) log(2 pi sigma^2).
 
-    For x0 on M this tends to log p_data(x0) as sigma -> 0 (SCIENCE.md 4), a density w.r.t. the
+    For x0 on M this tends to log p_data(x0) as sigma -> 0 (docs/science.md 4), a density w.r.t. the
     volume that the ambient metric induces on M (counting measure for finite sets, codim = D).
     ``logp_ambient`` must be the VE-scale density (of y = x / alpha) at noise level sigma.
     """
@@ -253,6 +245,38 @@ def on_manifold_log_likelihood(logp_ambient: Tensor, sigma: float | Tensor, codi
 
 
 # ------------------------------------------------------------------------------ intrinsic
+def heat_time_range(schedule: Schedule) -> tuple[float, float]:
+    """(heat_time(t_min), heat_time(T)): the range of a Riemannian probability-flow ODE, which
+    needs a positive end heat time (ValueError otherwise)."""
+    tau_min = float(schedule.heat_time(_f64(schedule.t_min)))
+    tau_max = float(schedule.heat_time(_f64(schedule.T)))
+    if not tau_min > 0:
+        raise ValueError(
+            f"heat_time(t_min) = {tau_min}: the Riemannian ODE needs a positive end heat time "
+            f"(schedule {schedule!r}); use a schedule with heat_time(t_min) > 0"
+        )
+    return tau_min, tau_max
+
+
+def _riemannian_flow(score_fn, manifold, schedule, dtype, tau_range: tuple[float, float]):
+    """(lambda, state) -> d state / d lambda of the Riemannian probability-flow ODE in
+    lambda = log tau with the log-density accumulator: state = [x (n, D), delta (n, 1)]."""
+    tau_min, tau_max = tau_range
+    d = manifold.ambient_dim
+
+    def rhs(lam: float, state: Tensor) -> Tensor:
+        tau = math.exp(lam)
+        t = schedule.t_of_heat_time(min(max(tau, tau_min), tau_max))  # torchdiffeq overshoots
+
+        def field(z: Tensor) -> Tensor:
+            return -0.5 * tau * manifold.to_tangent(z, call_score(score_fn, z, t, dtype))
+
+        v, div = field_and_divergence(field, state[:, :d], manifold.to_tangent)
+        return torch.cat([v, div.unsqueeze(-1)], -1)
+
+    return rhs
+
+
 def intrinsic_log_likelihood(
     score_fn: ScoreFn,
     manifold: RiemannianManifold,
@@ -280,27 +304,8 @@ def intrinsic_log_likelihood(
     _check_points(x, manifold.ambient_dim)
     dtype = score_dtype if score_dtype is not None else infer_score_dtype(score_fn)
     n, d = x.shape
-    tau_min = float(schedule.heat_time(_f64(schedule.t_min)))
-    tau_max = float(schedule.heat_time(_f64(schedule.T)))
-    if not tau_min > 0:
-        raise ValueError(
-            f"heat_time(t_min) = {tau_min}: the intrinsic ODE needs a positive end heat time "
-            f"(schedule {schedule!r}); use a schedule with heat_time(t_min) > 0"
-        )
-    nfe = 0
-
-    def rhs(lam: float, state: Tensor) -> Tensor:
-        nonlocal nfe
-        nfe += 1
-        tau = math.exp(lam)
-        t = t_of_heat_time(schedule, min(max(tau, tau_min), tau_max))  # torchdiffeq overshoots
-
-        def field(z: Tensor) -> Tensor:
-            return -0.5 * tau * manifold.to_tangent(z, call_score(score_fn, z, t, dtype))
-
-        v, div = field_and_divergence(field, state[:, :d], manifold.to_tangent)
-        return torch.cat([v, div.unsqueeze(-1)], -1)
-
+    tau_min, tau_max = heat_time_range(schedule)
+    rhs = _Counted(_riemannian_flow(score_fn, manifold, schedule, dtype, (tau_min, tau_max)))
     state0 = torch.cat([x.double(), torch.zeros(n, 1, dtype=torch.float64, device=x.device)], -1)
 
     def project(state: Tensor) -> Tensor:
@@ -317,7 +322,7 @@ def intrinsic_log_likelihood(
     logp = prior + delta
     return {
         "logp": logp,
-        "nfe": nfe,
+        "nfe": rhs.n,
         "prior_logp": prior,
         "delta_logp": delta,
         "x_T": x_t,

@@ -1,15 +1,14 @@
-"""Pure evaluation metrics (SCIENCE.md section 4): adherence, geodesic MMD and OT, discrete TV/KL,
-SO(3) angle KS tests, noise floors, exact score-error curves and t intervals over seeds.
+"""Evaluation metrics on samples (docs/science.md section 4): adherence, geodesic MMD and OT,
+discrete TV/KL, SO(3) angle KS tests, noise floors and exact score-error curves, plus the
+distributional metrics of a dataset (:func:`distribution_metrics`).
 
 Conventions
 -----------
 * Point sets are tensors of shape (n, D) (numpy arrays are accepted); SO(3) points are 3x3
   rotation matrices flattened to 9 numbers (row-major, as in ``madbench.manifolds``).
-* Distances are computed in float64 on the inputs' device and returned as float64 tensors.
-  Angles and geodesic distances are in radians (unit sphere / rotation angle).
-* SO(3) ``"so3"`` distance is the rotation angle omega of R1^T R2 in [0, pi], i.e. the geodesic
-  distance for the metric <A,B> = tr(A^T B)/2; ``"so3_frobenius"`` is sqrt(2) omega, the geodesic
-  distance for the Frobenius metric that ``madbench.manifolds`` uses.
+* Distances come from the manifold (``Manifold.metric_cdist``, float64, radians for geodesic
+  distances; on SO(3) the rotation angle, i.e. the geodesic distance of the published metric
+  <A,B> = tr(A^T B)/2).
 * Every random choice takes a seed or a ``torch.Generator``.
 """
 
@@ -24,67 +23,12 @@ import torch
 from scipy import stats
 from torch import Tensor
 
-from madbench._utils import Registry, make_generator
+from madbench._utils import make_generator
+from madbench.manifolds._distances import as_f64, as_f64_pair
+from madbench.manifolds.so3 import rotation_angle
 
 DistFn = Callable[[Tensor, Tensor], Tensor]
 ScoreFn = Callable[[Tensor, float], Tensor]
-
-__all__ = [
-    "adherence_stats",
-    "sphere_geodesic_cdist",
-    "so3_rotation_angle",
-    "so3_angle_cdist",
-    "so3_frobenius_cdist",
-    "torus_geodesic_cdist",
-    "euclidean_cdist",
-    "geodesic_cdist",
-    "mmd2_unbiased",
-    "ot_distances",
-    "circle_w1",
-    "categorical_from_samples",
-    "tv_distance",
-    "kl_divergence",
-    "discrete_metrics",
-    "so3_angle_ks",
-    "so3_angle_ks_haar",
-    "haar_angle_cdf",
-    "noise_floor",
-    "log_sigma_grid",
-    "score_error_curve",
-    "weighted_integral",
-    "t_interval",
-]
-
-
-# ----------------------------------------------------------------------------- helpers
-
-
-def _as_f64(x: Tensor | np.ndarray, name: str, ndim: int = 2) -> Tensor:
-    t = torch.as_tensor(x)
-    if not (t.is_floating_point() or t.dtype in (torch.int32, torch.int64)):
-        raise TypeError(f"{name} must be a real tensor, got dtype {t.dtype}")
-    t = t.to(torch.float64)
-    if t.ndim != ndim:
-        raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(t.shape)}")
-    if t.shape[0] == 0:
-        raise ValueError(f"{name} is empty")
-    if torch.isnan(t).any():
-        raise ValueError(f"{name} contains NaN")
-    return t
-
-
-def _pair(x: Tensor, y: Tensor, cols: int | None = None) -> tuple[Tensor, Tensor]:
-    x, y = _as_f64(x, "x"), _as_f64(y, "y")
-    if x.shape[1] != y.shape[1]:
-        raise ValueError(f"x and y have {x.shape[1]} and {y.shape[1]} columns")
-    if cols is not None and x.shape[1] != cols:
-        raise ValueError(f"expected points with {cols} coordinates, got {x.shape[1]}")
-    return x, y.to(x.device)
-
-
-def _exact_cdist(x: Tensor, y: Tensor) -> Tensor:
-    """Pairwise Euclidean distances without the |x|^2 + |y|^2 - 2xy cancellation."""
-    return torch.cdist(x, y, compute_mode="donot_use_mm_for_euclid_dist")
 
 
 # ----------------------------------------------------------------------------- adherence
@@ -97,7 +41,7 @@ def adherence_stats(dist: Tensor | np.ndarray) -> dict[str, float]:
     frac_within_1e-2 and frac_within_1e-3 (fraction of samples with dist <= tol). +inf (a
     diverged sample) is allowed and propagates; NaN raises.
     """
-    d = _as_f64(dist, "dist", ndim=1)
+    d = as_f64(dist, "dist", ndim=1)
     if (d < 0).any():
         raise ValueError("dist contains negative distances")
     q = torch.quantile(d, torch.tensor([0.5, 0.9, 0.99], dtype=d.dtype, device=d.device))
@@ -111,113 +55,6 @@ def adherence_stats(dist: Tensor | np.ndarray) -> dict[str, float]:
     }
 
 
-# ----------------------------------------------------------------------------- distances
-
-
-def euclidean_cdist(x: Tensor, y: Tensor) -> Tensor:
-    """Pairwise Euclidean distances |x_i - y_j|, (n, D) x (m, D) -> (n, m), float64."""
-    x, y = _pair(x, y)
-    return _exact_cdist(x, y)
-
-
-def _unit_angle_cdist(x: Tensor, y: Tensor) -> Tensor:
-    xn = x / x.norm(dim=-1, keepdim=True)
-    yn = y / y.norm(dim=-1, keepdim=True)
-    # For unit vectors |x - y| = 2 sin(d/2) and |x + y| = 2 cos(d/2): stable at 0 and pi.
-    return 2.0 * torch.atan2(_exact_cdist(xn, yn), _exact_cdist(xn, -yn))
-
-
-def sphere_geodesic_cdist(x: Tensor, y: Tensor) -> Tensor:
-    """Great-circle distances on S^{p-1}, (n, p) x (m, p) -> (n, m) in [0, pi], float64.
-
-    Rows are first normalised (the angle between directions), then
-    d = 2 atan2(|x - y|, |x + y|), exact at 0 and pi where arccos(<x, y>) loses sqrt(eps).
-    """
-    x, y = _pair(x, y)
-    if x.shape[1] < 2:
-        raise ValueError("sphere points need at least 2 coordinates")
-    if (x.norm(dim=-1) == 0).any() or (y.norm(dim=-1) == 0).any():
-        raise ValueError("sphere points must be nonzero")
-    return _unit_angle_cdist(x, y)
-
-
-def _so3_angle_from(sin_half: Tensor, trace: Tensor) -> Tensor:
-    cos_half = ((1.0 + trace) / 4.0).clamp(0.0, 1.0).sqrt()
-    return 2.0 * torch.atan2(sin_half.clamp(0.0, 1.0), cos_half)
-
-
-def so3_angle_cdist(x: Tensor, y: Tensor) -> Tensor:
-    """Rotation angle of R1^T R2 for flattened rotations, (n, 9) x (m, 9) -> (n, m) in [0, pi].
-
-    With t = tr(R1^T R2) = <x, y> (any common flattening): cos(w/2)^2 = (1 + t)/4 (clamped to
-    [0, 1]) and sin(w/2) = |R1 - R2|_F / (2 sqrt 2), combined by atan2 so the angle is accurate
-    near 0 (arccos of the trace would lose sqrt(eps) there); near pi the accuracy is
-    sqrt(eps) ~ 1e-8 rad, as for every trace-based formula. Inputs must be rotations (project
-    first).
-    """
-    x, y = _pair(x, y, cols=9)
-    sin_half = _exact_cdist(x, y) / (2.0 * math.sqrt(2.0))
-    return _so3_angle_from(sin_half, x @ y.T)
-
-
-def so3_rotation_angle(x: Tensor) -> Tensor:
-    """Rotation angle in [0, pi] of each flattened rotation, (n, 9) -> (n,), float64."""
-    x = _as_f64(x, "x")
-    if x.shape[1] != 9:
-        raise ValueError(f"expected flattened 3x3 rotations (9 columns), got {x.shape[1]}")
-    eye = torch.eye(3, dtype=x.dtype, device=x.device).reshape(9)
-    sin_half = (x - eye).norm(dim=-1) / (2.0 * math.sqrt(2.0))
-    return _so3_angle_from(sin_half, x @ eye)
-
-
-def so3_frobenius_cdist(x: Tensor, y: Tensor) -> Tensor:
-    """Geodesic distance on SO(3) for the Frobenius metric: sqrt(2) * rotation angle."""
-    return math.sqrt(2.0) * so3_angle_cdist(x, y)
-
-
-def torus_geodesic_cdist(x: Tensor, y: Tensor) -> Tensor:
-    """Flat-torus distance for points (cos t1, sin t1, ..., cos td, sin td), (n, 2d) -> (n, m).
-
-    d = sqrt(sum_k angle_k^2) with angle_k the circle distance of coordinate pair k. Memory
-    n * m * d.
-    """
-    x, y = _pair(x, y)
-    if x.shape[1] % 2:
-        raise ValueError(f"torus points need an even number of coordinates, got {x.shape[1]}")
-    xs = x.reshape(x.shape[0], -1, 2).transpose(0, 1)  # (d, n, 2)
-    ys = y.reshape(y.shape[0], -1, 2).transpose(0, 1)
-    return _unit_angle_cdist(xs, ys).square().sum(0).sqrt()
-
-
-_KINDS: Registry[DistFn] = Registry("manifold kind")
-_KINDS.update(
-    {
-        "sphere": sphere_geodesic_cdist,
-        "circle": sphere_geodesic_cdist,
-        "so3": so3_angle_cdist,
-        "so3_frobenius": so3_frobenius_cdist,
-        "torus": torus_geodesic_cdist,
-        "euclidean": euclidean_cdist,
-        "discrete": euclidean_cdist,
-    }
-)
-
-
-def geodesic_cdist(manifold_kind: str, x: Tensor, y: Tensor) -> Tensor:
-    """Pairwise geodesic distances (n, m) for a manifold named by ``manifold_kind``.
-
-    Kinds: sphere/circle (great-circle angle), so3 (rotation angle), so3_frobenius
-    (sqrt(2) angle), torus, euclidean/discrete (ambient Euclidean distance).
-    """
-    return _KINDS.get_or_raise(manifold_kind)(x, y)
-
-
-def _resolve(dist_fn: DistFn | str) -> DistFn:
-    if isinstance(dist_fn, str):
-        return _KINDS.get_or_raise(dist_fn)
-    return dist_fn
-
-
 # ----------------------------------------------------------------------------- MMD
 
 
@@ -229,13 +66,13 @@ def _offdiag_mean(k: Tensor) -> Tensor:
 
 
 def mmd2_unbiased(
-    x: Tensor, y: Tensor, dist_fn: DistFn | str, bandwidths: Sequence[float]
+    x: Tensor, y: Tensor, dist_fn: DistFn, bandwidths: Sequence[float]
 ) -> dict[float, float]:
     """Unbiased MMD^2 (Gretton et al. 2012, eq. 3) for each bandwidth h, x (n, D), y (m, D).
 
     k(a, b) = exp(-d(a, b)^2 / (2 h^2)) with d = ``dist_fn`` (a callable (n, D) x (m, D) ->
-    (n, m), or a kind name of ``geodesic_cdist``); h in the units of d (radians for geodesic
-    kinds). MMD^2_u = mean_{i != j} k(x_i, x_j) + mean_{i != j} k(y_i, y_j) - 2 mean_{i, j}
+    (n, m), e.g. a manifold's ``metric_cdist``); h in the units of d (radians for geodesic
+    distances). MMD^2_u = mean_{i != j} k(x_i, x_j) + mean_{i != j} k(y_i, y_j) - 2 mean_{i, j}
     k(x_i, y_j). Caveats: a Gaussian kernel of a geodesic distance need not be positive definite
     on a curved space (Feragen et al. 2015: p.d. for every h only on flat spaces), so the
     population value is not guaranteed to be >= 0 or to vanish only for equal laws; and the
@@ -243,7 +80,7 @@ def mmd2_unbiased(
     p.d. kernel (for y = x it equals -2 (1 - mean_{i != j} k(x_i, x_j)) / n).
     Compare values with ``noise_floor``.
     """
-    fn = _resolve(dist_fn)
+    fn = dist_fn
     dxx, dyy, dxy = fn(x, x), fn(y, y), fn(x, y)
     out: dict[float, float] = {}
     for h in bandwidths:
@@ -280,13 +117,13 @@ def _emd2(cost: np.ndarray) -> float:
 def ot_distances(
     x: Tensor,
     y: Tensor,
-    dist_fn: DistFn | str,
+    dist_fn: DistFn,
     max_points: int = 2000,
     seed: int = 0,
 ) -> dict[str, float]:
     """Exact Wasserstein distances between the empirical laws of x (n, D) and y (m, D).
 
-    Uniform weights; cost d = ``dist_fn`` (callable or ``geodesic_cdist`` kind) for W1 and d^2 for
+    Uniform weights; cost d = ``dist_fn`` (e.g. ``manifold.metric_cdist``) for W1 and d^2 for
     W2 (returned as sqrt of the optimal cost), solved by POT's network simplex (``ot.emd2``). A
     sample larger than ``max_points`` is replaced by a uniform subsample without replacement of
     that size (seeded by ``seed``; x and y subsampled independently). Units are those of d.
@@ -295,9 +132,9 @@ def ot_distances(
     if max_points < 1:
         raise ValueError(f"max_points must be positive, got {max_points}")
     g = make_generator(seed)
-    x, y = _pair(x, y)
+    x, y = as_f64_pair(x, y)
     x, y = _subsample(x, max_points, g), _subsample(y, max_points, g)
-    d = _resolve(dist_fn)(x, y).detach().cpu().numpy().astype(np.float64)
+    d = dist_fn(x, y).detach().cpu().numpy().astype(np.float64)
     if not np.isfinite(d).all():
         raise ValueError("the cost matrix has non-finite entries")
     return {"w1": _emd2(d), "w2": math.sqrt(_emd2(d * d))}
@@ -310,8 +147,8 @@ def circle_w1(theta_x: Tensor | np.ndarray, theta_y: Tensor | np.ndarray) -> flo
     piecewise constant between the pooled sorted points, and the optimal c is a weighted median
     of its values with the interval lengths as weights. Angles are reduced mod 2 pi; O((n+m) log).
     """
-    tx = np.mod(_as_f64(theta_x, "theta_x", ndim=1).cpu().numpy(), 2 * np.pi)
-    ty = np.mod(_as_f64(theta_y, "theta_y", ndim=1).cpu().numpy(), 2 * np.pi)
+    tx = np.mod(as_f64(theta_x, "theta_x", ndim=1).cpu().numpy(), 2 * np.pi)
+    ty = np.mod(as_f64(theta_y, "theta_y", ndim=1).cpu().numpy(), 2 * np.pi)
     t = np.concatenate([tx, ty])
     jumps = np.concatenate([np.full(tx.size, 1.0 / tx.size), np.full(ty.size, -1.0 / ty.size)])
     order = np.argsort(t, kind="stable")
@@ -340,7 +177,7 @@ def categorical_from_samples(indices: Tensor | np.ndarray, K: int) -> Tensor:
 
 
 def _probs(p: Tensor | np.ndarray, name: str) -> Tensor:
-    p = _as_f64(p, name, ndim=1)
+    p = as_f64(p, name, ndim=1)
     if (p < 0).any() or abs(p.sum().item() - 1.0) > 1e-6:
         raise ValueError(f"{name} must be nonnegative and sum to 1 (sum {p.sum().item():.6g})")
     return p
@@ -395,7 +232,7 @@ def discrete_metrics(
 
 
 def _angles_np(x: Tensor) -> np.ndarray:
-    return so3_rotation_angle(x).cpu().numpy()
+    return rotation_angle(as_f64(x, "x")).cpu().numpy()
 
 
 def so3_angle_ks(x: Tensor, y: Tensor) -> dict[str, float]:
@@ -530,24 +367,67 @@ def weighted_integral(curve: pd.DataFrame | Mapping[str, Sequence[float]]) -> fl
     return float(np.trapezoid(w, np.log(sig)))
 
 
-# ----------------------------------------------------------------------------- seeds
+# ----------------------------------------------------------------------------- a dataset's metrics
+
+#: Largest number of atoms for which a finite law is compared as a full histogram; above it
+#: (e.g. the 2^20 vertices of hypercube_mixture_20) the comparison uses marginals and pairwise
+#: correlations, which a sample of a few thousand points can resolve.
+MAX_HISTOGRAM_ATOMS = 4096
+#: Kernel bandwidths of the geodesic MMD (radians).
+MMD_BANDWIDTHS = (0.1, 0.3, 1.0)
 
 
-def t_interval(
-    values: Sequence[float] | np.ndarray | Tensor, confidence: float = 0.95
-) -> tuple[float, float, float]:
-    """Mean and two-sided Student-t confidence interval over seeds: (mean, low, high).
+def atom_law(dataset) -> tuple[Tensor, Callable[[Tensor], Tensor]] | None:
+    """(true probabilities over atoms, nearest-atom index function) of a law on a finite set,
+    or None when it has too many atoms for a histogram (or none is known)."""
+    man = dataset.manifold
+    if hasattr(dataset, "probs") and hasattr(dataset, "atom_index"):
+        if dataset.probs.numel() <= MAX_HISTOGRAM_ATOMS:
+            return dataset.probs.double(), dataset.atom_index
+        return None
+    if hasattr(man, "all_atoms") and dataset.has_log_prob:
+        if 2**man.ambient_dim > MAX_HISTOGRAM_ATOMS:  # Hypercube(d): 2^d vertices
+            return None
+        atoms = man.all_atoms().double()
+        return dataset.log_prob(atoms).exp().double(), man.nearest_atom_index
+    return None
 
-    mean -/+ t_{(1 + confidence)/2, n - 1} * s / sqrt(n) with s the sample standard deviation
-    (ddof = 1). With n = 1 the bounds are nan (no spread can be estimated).
+
+def _spin_marginals(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Rounded +-1 coordinates: their means (d,) and pairwise correlations (d(d-1)/2,)."""
+    s = torch.where(x >= 0, 1.0, -1.0).double()
+    iu = torch.triu_indices(s.shape[1], s.shape[1], offset=1)
+    return s.mean(0), (s.T @ s / s.shape[0])[iu[0], iu[1]]
+
+
+def distribution_metrics(dataset, x: Tensor, y: Tensor, prefix: str = "") -> dict[str, float]:
+    """Distributional distances between model samples x and reference samples y (both on M).
+
+    Finite sets: TV and KL(p_data || p_model) over atoms after nearest-atom rounding, against
+    the *true* probabilities (so y is unused); when there are too many atoms for a histogram,
+    the mean absolute error of the +-1 marginals and of the pairwise correlations against y.
+    Continuous manifolds: MMD^2 (unbiased) with a Gaussian kernel of ``metric_cdist`` at three
+    bandwidths, exact OT W1 and W2 with that cost, and on SO(3) the KS statistic of the
+    rotation-angle marginal. Keys are prefixed by ``prefix`` (``floor_`` for noise floors).
     """
-    v = np.asarray(torch.as_tensor(values).detach().cpu(), dtype=np.float64).ravel()
-    if v.size == 0 or np.isnan(v).any():
-        raise ValueError("values must be non-empty and free of NaN")
-    if not 0 < confidence < 1:
-        raise ValueError(f"confidence must lie in (0, 1), got {confidence}")
-    mean = float(v.mean())
-    if v.size == 1:
-        return mean, math.nan, math.nan
-    half = stats.t.ppf(0.5 * (1 + confidence), v.size - 1) * v.std(ddof=1) / math.sqrt(v.size)
-    return mean, float(mean - half), float(mean + half)
+    out: dict[str, float] = {}
+    man = dataset.manifold
+    if man.kind == "discrete":
+        law = atom_law(dataset)
+        if law is not None:
+            probs, index = law
+            d = discrete_metrics(index(x).cpu(), probs)
+            out.update({f"{prefix}tv": d["tv"], f"{prefix}kl": d["kl"]})
+        else:
+            mx, cx = _spin_marginals(x)
+            my, cy = _spin_marginals(y)
+            out[f"{prefix}marginal_mae"] = float((mx - my).abs().mean())
+            out[f"{prefix}correlation_mae"] = float((cx - cy).abs().mean())
+        return out
+    for h, v in mmd2_unbiased(x, y, man.metric_cdist, bandwidths=MMD_BANDWIDTHS).items():
+        out[f"{prefix}mmd2_h{h:g}"] = float(v)
+    ot = ot_distances(x, y, man.metric_cdist, max_points=2000, seed=0)
+    out[f"{prefix}w1"], out[f"{prefix}w2"] = float(ot["w1"]), float(ot["w2"])
+    if man.kind == "so3":
+        out[f"{prefix}angle_ks"] = float(so3_angle_ks(x, y)["statistic"])
+    return out

@@ -101,19 +101,10 @@ def dopri5(
         h = abs(t1 - t) if last else h
         if h <= 1e-14 * max(1.0, abs(t)):
             raise RuntimeError(f"dopri5: step size underflow at t = {t}")
-        dt = direction * h
-        ks = [k0]
-        for i in range(1, 7):
-            yi = y + dt * sum(a * k for a, k in zip(_A[i], ks, strict=False) if a != 0.0)
-            ks.append(fc(t + _C[i] * dt if i < 6 else (t1 if last else t + dt), yi))
-        y_new = yi  # the 7th stage is evaluated at the 5th-order solution (FSAL)
-        err = dt * sum(e * k for e, k in zip(_E, ks, strict=True) if e != 0.0)
-        ratio = _error_ratio(err, y, y_new, rtol, atol)
-        if not torch.isfinite(y_new).all() or ratio != ratio:
-            raise RuntimeError(f"dopri5: non-finite state at t = {t + dt}")
+        t_new = t1 if last else t + direction * h
+        y_new, k_new, ratio = _dopri_step(fc, t, y, k0, direction * h, t_new, rtol, atol)
         if ratio <= 1.0:
-            t = t1 if last else t + dt
-            y, k0 = y_new, ks[6]
+            t, y, k0 = t_new, y_new, k_new
             if project is not None:
                 y = project(y_new)
                 stats.max_projection = max(stats.max_projection, float((y - y_new).abs().max()))
@@ -123,3 +114,19 @@ def dopri5(
             stats.n_rejected += 1
         h = h * min(10.0, max(0.2, 0.9 * max(ratio, 1e-10) ** -0.2))
     return y, stats
+
+
+def _dopri_step(fc, t: float, y: Tensor, k0: Tensor, dt: float, t_end: float, rtol, atol):
+    """One Dormand-Prince step of size dt from (t, y) with f(t, y) = k0: (the 5th-order
+    solution, f there (FSAL), the scaled error ratio). The last stage is evaluated at exactly
+    ``t_end`` (= t + dt, or the end point, so that rounding never steps past it)."""
+    ks = [k0]
+    for i in range(1, 7):
+        yi = y + dt * sum(a * k for a, k in zip(_A[i], ks, strict=False) if a != 0.0)
+        ks.append(fc(t + _C[i] * dt if i < 6 else t_end, yi))
+    y_new = yi  # the 7th stage is evaluated at the 5th-order solution (FSAL)
+    err = dt * sum(e * k for e, k in zip(_E, ks, strict=True) if e != 0.0)
+    ratio = _error_ratio(err, y, y_new, rtol, atol)
+    if not torch.isfinite(y_new).all() or ratio != ratio:
+        raise RuntimeError(f"dopri5: non-finite state at t = {t + dt}")
+    return y_new, ks[6], ratio

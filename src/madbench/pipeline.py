@@ -17,16 +17,16 @@ from typing import Any
 
 import pandas as pd
 
+from madbench.data import get_dataset, list_datasets
+from madbench.methods import get_method, list_methods
+from madbench.schedules import list_schedules
+
 SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
 GRID_COLUMNS = ["dataset", "schedule", "method", "seed"]
 
 
 def registry_names() -> dict[str, list[str]]:
     """Known names per config key, from the madbench registries."""
-    from madbench.data import list_datasets
-    from madbench.methods import list_methods
-    from madbench.schedules import list_schedules
-
     return {
         "grid.datasets": list_datasets(),
         "grid.methods": list_methods(),
@@ -74,9 +74,6 @@ def check_config(cfg: dict[str, Any], schema: str | Path = SCHEMA) -> None:
 @functools.cache
 def unsupported_reason(method: str, dataset: str) -> str | None:
     """None if ``method`` runs on ``dataset``, else the ValueError message of check_supported."""
-    from madbench.data import get_dataset
-    from madbench.methods import get_method
-
     try:
         get_method(method).check_supported(get_dataset(dataset))
     except ValueError as err:

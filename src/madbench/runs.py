@@ -9,29 +9,21 @@ a run directory, missing or corrupted checkpoint, weights that do not fit the co
 
 from __future__ import annotations
 
-import pickle
 import sys
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from madbench.build import build_run, resolve_device
 from madbench.config import ConfigError, TrainConfig, load_config
-from madbench.data.base import Dataset
-from madbench.methods.base import Method
+from madbench.data import Dataset
+from madbench.methods import Method
+from madbench.rundir import RunDir, RunLoadError, read_checkpoint
 from madbench.schedules import Schedule
 
-CHECKPOINT_KEYS = ("step", "config", "model", "ema", "optimizer", "lr_scheduler", "rng")
-
-
-class RunLoadError(RuntimeError):
-    """A run directory cannot be loaded (the message names the file)."""
-
-
-class EvaluationError(RuntimeError):
-    """A run cannot be evaluated (bad settings, non-finite samples); the message says why."""
+__all__ = ["Run", "RunLoadError", "load_method", "load_run"]
 
 
 @dataclass
@@ -58,49 +50,14 @@ class Run:
         return getattr(self.method, name)
 
 
-def read_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dict[str, Any]:
-    """torch.load a checkpoint, with RunLoadError naming the file if missing or corrupted."""
-    path = Path(path)
-    if not path.is_file():
-        raise RunLoadError(
-            f"checkpoint {path} not found (training never reached its first checkpoint?)"
-        )
-    try:
-        ck = torch.load(path, map_location=device, weights_only=True)
-    except (
-        RuntimeError,
-        EOFError,
-        OSError,
-        ValueError,
-        pickle.UnpicklingError,
-        zipfile.BadZipFile,
-    ) as e:
-        raise RunLoadError(
-            f"checkpoint {path} is corrupted or truncated ({type(e).__name__}: {e})"
-        ) from e
-    missing = [k for k in CHECKPOINT_KEYS if not isinstance(ck, dict) or k not in ck]
-    if missing:
-        raise RunLoadError(f"checkpoint {path} is incomplete: missing {', '.join(missing)}")
-    return ck
-
-
 def load_run(
     run_dir: str | Path, device: str | torch.device | None = None, weights: str = "ema"
 ) -> Run:
     """Rebuild the run in ``run_dir`` on ``device`` (default: cuda if available, else cpu)."""
-    from madbench.training import (
-        CHECKPOINT,
-        CONFIG,
-        build_dataset,
-        build_method,
-        build_schedule,
-        resolve_device,
-    )
-
     run_dir = Path(run_dir)
     if weights not in ("ema", "model"):
         raise ValueError(f"weights must be 'ema' or 'model', got {weights!r}")
-    cfg_path = run_dir / CONFIG
+    cfg_path = RunDir(run_dir).config
     if not cfg_path.is_file():
         raise RunLoadError(f"{cfg_path} not found: {run_dir} is not a madbench run directory")
     try:
@@ -108,11 +65,10 @@ def load_run(
     except ConfigError as e:
         raise RunLoadError(str(e)) from e
     dev = resolve_device("auto" if device is None else str(device))
-    dataset, schedule = build_dataset(cfg), build_schedule(cfg)
-    method = build_method(cfg, dataset, schedule, dev)
+    method = build_run(cfg, dev)
     step, complete = 0, True
     if method.trainable:
-        ck_path = run_dir / CHECKPOINT
+        ck_path = RunDir(run_dir).checkpoint
         ck = read_checkpoint(ck_path, dev)
         try:
             method.net.load_state_dict(ck[weights])
@@ -128,7 +84,9 @@ def load_run(
                 f"warning: {ck_path} is at step {step} of {cfg.steps} (training incomplete)",
                 file=sys.stderr,
             )
-    return Run(run_dir, cfg, cfg.to_dict(), dataset, method.schedule, method, dev, step, complete)
+    return Run(
+        run_dir, cfg, cfg.to_dict(), method.dataset, method.schedule, method, dev, step, complete
+    )
 
 
 def load_method(run_dir: str | Path, device: str | torch.device | None = None) -> Method:

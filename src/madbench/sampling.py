@@ -46,7 +46,7 @@ import torch
 from torch import Tensor
 
 from madbench._utils import atomic_write
-from madbench.likelihood import call_score, t_of_heat_time, ve_score
+from madbench.likelihood import call_score, heat_time_range, ve_score
 from madbench.ode import dopri5
 
 AMBIENT_SAMPLERS = ("sde", "pc", "ode", "ode_adaptive")
@@ -238,13 +238,11 @@ def _grw(method, x: Tensor, steps: int, generator) -> Tensor:
 def _riemannian_ode(method, x: Tensor, steps: int, generator) -> Tensor:
     """Riemannian PF ODE in lambda = log tau from tau(T) to tau(t_min), exp-map midpoint steps."""
     sch, man = method.schedule, method.manifold
-    tau_min, tau_max = _heat(sch, sch.t_min), _heat(sch, sch.T)
-    if not tau_min > 0:
-        raise ValueError(f"heat_time(t_min) = {tau_min}: the Riemannian ODE needs it > 0")
+    tau_min, tau_max = heat_time_range(sch)
 
     def v(lam: float, z: Tensor) -> Tensor:
         tau = math.exp(lam)
-        s = call_score(method.score, z, t_of_heat_time(sch, tau), None)
+        s = call_score(method.score, z, sch.t_of_heat_time(tau), None)
         return -0.5 * tau * man.to_tangent(z, s)
 
     lam0, lam1 = math.log(tau_max), math.log(tau_min)

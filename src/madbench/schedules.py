@@ -1,7 +1,7 @@
 """Noise schedules: variance exploding (VE) and variance preserving (VP, linear and cosine).
 
 Forward SDE on R^D: dx = f(x, t) dt + g(t) dW, t in [t_min, T]. Its marginal given x0 is
-N(alpha(t) x0, std(t)^2 I). Every formula of SCIENCE.md written for VE noise applies to
+N(alpha(t) x0, std(t)^2 I). Every formula of docs/science.md written for VE noise applies to
 x / alpha(t) with the *equivalent VE noise level* sigma(t) = std(t) / alpha(t), and the score
 picks up a factor 1 / alpha(t):  score_x(x, t) = score_VE(x / alpha, sigma) / alpha.
 
@@ -11,6 +11,7 @@ RSGM uses the same g(t) for Brownian motion on M, dX = g(t) dB_M, whose heat-ker
 
 from __future__ import annotations
 
+import inspect
 import math
 from abc import ABC, abstractmethod
 
@@ -18,6 +19,7 @@ import torch
 from torch import Tensor
 
 from madbench._utils import Registry
+from madbench.settings import ConfigError
 
 
 def _t(t: float | Tensor) -> Tensor:
@@ -70,6 +72,27 @@ class Schedule(ABC):
     @property
     def sigma_max(self) -> float:
         return float(self.sigma(self.T))
+
+    def t_of_heat_time(self, tau: float) -> float:
+        """The smallest t in [0, T] with heat_time(t) >= tau, to float64 resolution (bisection;
+        heat_time increases from heat_time(0) = 0)."""
+        tau_max = float(self.heat_time(torch.tensor(float(self.T), dtype=torch.float64)))
+        if not 0 <= tau <= tau_max * (1 + 1e-12):
+            raise ValueError(f"heat time {tau} outside [0, heat_time(T) = {tau_max}] of {self!r}")
+        lo, hi = 0.0, float(self.T)
+        for _ in range(2000):  # float64 bisection ends long before (mid equals lo or hi)
+            mid = 0.5 * (lo + hi)
+            if mid in (lo, hi):
+                break
+            if float(self.heat_time(torch.tensor(mid, dtype=torch.float64))) < tau:
+                lo = mid
+            else:
+                hi = mid
+        return hi
+
+    def restricted(self, t_min: float) -> Schedule:
+        """This schedule on [t_min, T] with a larger t_min (every function delegates)."""
+        return RestrictedSchedule(self, t_min)
 
     def sample_t(
         self, n: int, generator: torch.Generator | None = None, device: str | torch.device = "cpu"
@@ -218,19 +241,67 @@ class VPCosine(Schedule):
         return d / self._rate
 
 
+class RestrictedSchedule(Schedule):
+    """``base`` on [t_min, base.T] with a larger t_min; every function delegates to ``base``."""
+
+    def __init__(self, base: Schedule, t_min: float):
+        if not base.t_min <= t_min < base.T:
+            raise ValueError(f"t_min = {t_min} outside [{base.t_min}, {base.T}) of {base!r}")
+        self.base, self.t_min, self.T, self.name = base, float(t_min), base.T, base.name
+
+    def alpha(self, t):
+        return self.base.alpha(t)
+
+    def std(self, t):
+        return self.base.std(t)
+
+    def beta(self, t):
+        return self.base.beta(t)
+
+    def heat_time(self, t):
+        return self.base.heat_time(t)
+
+    def t_of_sigma(self, sigma):
+        return self.base.t_of_sigma(sigma)
+
+    def drift(self, x, t):
+        return self.base.drift(x, t)
+
+    def __repr__(self) -> str:
+        return f"{self.base!r} on [{self.t_min:.4g}, {self.T:.4g}]"
+
+
 SCHEDULES: Registry[type[Schedule]] = Registry("schedule")
 SCHEDULES.register("ve")(VE)
 SCHEDULES.register("vp")(VPLinear)
 SCHEDULES.register("vp_cosine")(VPCosine)
 
 
-def get_schedule(name: str, **kwargs: float) -> Schedule:
-    """Build the schedule registered as ``name`` with keyword parameters."""
+def schedule_parameters(name: str) -> list[str]:
+    """The constructor parameters of the schedule registered as ``name``."""
     cls = SCHEDULES.get_or_raise(name)
+    return [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+
+
+def get_schedule(name: str, **params: float) -> Schedule:
+    """The schedule registered as ``name`` built with ``params`` (config keys ``schedule.*``).
+
+    An unknown name is a KeyError listing the known ones; an unknown or invalid parameter a
+    ConfigError naming ``schedule.<param>``.
+    """
+    cls, known = SCHEDULES.get_or_raise(name), schedule_parameters(name)
+    for k in params:
+        if k not in known:
+            raise ConfigError(
+                f"config key 'schedule.{k}' is not a parameter of schedule {name!r}; "
+                f"known: {', '.join(known)}"
+            )
     try:
-        return cls(**kwargs)
-    except TypeError as e:
-        raise ValueError(f"bad parameters for schedule {name!r}: {e}") from e
+        return cls(**params)
+    except ValueError as e:
+        raise ConfigError(
+            f"bad parameters for schedule {name!r} (config keys 'schedule.*'): {e}"
+        ) from e
 
 
 def list_schedules() -> list[str]:

@@ -1,17 +1,15 @@
 """Training loop: seeded, device-agnostic, resumable, with EMA, warm-up + cosine lr and logs.
 
-``train(cfg, out_dir)`` writes into ``out_dir``:
-
-* ``config.yaml`` (resolved config), ``run_info.json`` (git commit, versions, device, seed,
-  parameter count, wall time, peak memory), ``train.log`` (log lines), ``history.csv``
-  (step, loss, lr, steps_per_s, wall_time; one row per ``log_every`` steps, loss averaged over
-  them, wall_time = cumulative training seconds);
-* ``checkpoint.pt`` every ``checkpoint_every`` steps and at the end, written atomically: model,
-  EMA, optimiser, lr scheduler, step, elapsed time and every RNG state (data and noise
-  generators, torch CPU/CUDA). A run started again on a directory with a checkpoint resumes from
-  it (the config must agree, except the keys in :data:`RESUMABLE_KEYS`); on CPU the result is
-  bit-identical to an uninterrupted run. Non-trainable methods (oracle) get config, run_info,
-  train.log and a ``no_weights.txt`` marker, no checkpoint.
+``train(cfg, out_dir)`` writes the run directory (:mod:`madbench.rundir`): ``config.yaml``,
+``run_info.json`` (git commit, versions, device, seed, parameter count, wall time, peak
+memory, status), ``train.log``, ``history.csv`` (one row per ``log_every`` steps, loss averaged
+over them, wall_time = cumulative training seconds), ``probes.csv`` (when ``probe_every`` > 0)
+and ``checkpoint.pt`` every ``checkpoint_every`` steps and at the end: model, EMA, optimiser,
+lr scheduler, step, elapsed time and every RNG state (data and noise generators, torch
+CPU/CUDA). A run started again on a directory with a checkpoint resumes from it (the config
+must agree, except the keys in :data:`RESUMABLE_KEYS`); on CPU the result is bit-identical to an
+uninterrupted run. Methods without weights (oracle) get config, run_info, train.log and a
+``no_weights.txt`` marker, no checkpoint.
 
 Randomness: network init from ``seed`` (CPU RNG, so CPU and CUDA runs start equal); training
 data from a generator seeded ``seed`` on the device (synthetic sets are sampled there; earth data
@@ -27,7 +25,6 @@ boundary over every step since the last one; no checkpoint is written after it).
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -37,33 +34,37 @@ import subprocess
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy
 import torch
 from torch import Tensor
+from tqdm import tqdm
 
+import madbench
 from madbench._utils import atomic_write, make_generator
-from madbench.config import (
-    ConfigError,
-    TrainConfig,
-    check_schedule_params,
-    dump_config,
+from madbench.build import build_run, resolve_device
+from madbench.config import ConfigError, TrainConfig, dump_config
+from madbench.data import Dataset
+from madbench.methods import Method
+from madbench.metrics import distribution_metrics
+from madbench.rundir import (
+    CHECKPOINT,
+    HISTORY_COLUMNS,
+    LOG,
+    NO_WEIGHTS,
+    TRAINING_FILES,
+    RunDir,
+    append_row,
+    read_checkpoint,
+    save_checkpoint,
+    truncate_rows,
+    write_json,
 )
-from madbench.data.base import Dataset, get_dataset
-from madbench.methods.base import Method, get_method
-from madbench.nets import ScoreMLP
-from madbench.schedules import SCHEDULES, Schedule
+from madbench.sampling import sample
 
-CHECKPOINT = "checkpoint.pt"
-CONFIG = "config.yaml"
-RUN_INFO = "run_info.json"
-HISTORY = "history.csv"
-PROBES = "probes.csv"
-LOG = "train.log"
-NO_WEIGHTS = "no_weights.txt"
-HISTORY_COLUMNS = ("step", "loss", "lr", "steps_per_s", "wall_time")
 #: config keys that may differ between a checkpoint and the run that resumes it
 RESUMABLE_KEYS = (
     "device",
@@ -76,7 +77,6 @@ RESUMABLE_KEYS = (
     "probe_n",
     "probe_steps",
 )
-CHECKPOINT_FORMAT = 1
 
 
 class NonFiniteLossError(RuntimeError):
@@ -84,55 +84,6 @@ class NonFiniteLossError(RuntimeError):
 
 
 # ---------------------------------------------------------------------- building blocks
-def resolve_device(name: str = "auto") -> torch.device:
-    """'auto' -> cuda if available else cpu; 'cuda' without a GPU is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"config key 'device' is {name!r} but CUDA is not available")
-    return dev
-
-
-def build_schedule(cfg: TrainConfig) -> Schedule:
-    """The schedule ``cfg.schedule`` with parameters ``cfg.schedule_params``."""
-    cls = SCHEDULES.get_or_raise(cfg.schedule)
-    check_schedule_params(cfg, cls)
-    try:
-        return cls(**cfg.schedule_params)
-    except ValueError as e:
-        raise ConfigError(f"config keys 'schedule.*' for schedule {cfg.schedule!r}: {e}") from e
-
-
-def build_dataset(cfg: TrainConfig) -> Dataset:
-    """The dataset ``cfg.dataset``; empirical ones train on split (cfg.split, cfg.seed)."""
-    ds = get_dataset(cfg.dataset)
-    if ds.empirical:
-        ds.split_kind, ds.split_seed = cfg.split, cfg.seed
-    return ds
-
-
-def build_method(
-    cfg: TrainConfig, dataset: Dataset, schedule: Schedule, device: torch.device
-) -> Method:
-    """Method ``cfg.method`` with a fresh ScoreMLP (init seeded by ``cfg.seed``) on ``device``."""
-    cls = get_method(cfg.method)
-    try:
-        cls.check_supported(dataset)
-    except ValueError as e:
-        raise ConfigError(str(e)) from e
-    net = None
-    if cls.trainable:
-        d = dataset.manifold.ambient_dim
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(cfg.seed)
-            net = ScoreMLP(
-                d, d, cfg.net.width, cfg.net.depth, cfg.net.activation, cfg.net.n_fourier
-            )
-    method = cls(dataset, schedule, net=net, config=cfg.to_dict())
-    return method.to(device)
-
-
 class DataStream:
     """Training batches on ``device``: fresh samples (synthetic) or seeded index draws from the
     train split moved to the device once (empirical). float32, shape (batch_size, D)."""
@@ -227,10 +178,6 @@ def device_name(device: torch.device) -> str:
 
 
 def package_versions() -> dict[str, str]:
-    import numpy
-
-    import madbench
-
     return {
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -245,12 +192,6 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    text = json.dumps(data, indent=1, sort_keys=True, default=str)
-    atomic_write(path, lambda p: p.write_text(text))
-
-
-# ---------------------------------------------------------------------- logging
 @contextmanager
 def run_logger(out: Path, echo: bool):
     """Logger writing to out/train.log (and to stderr if ``echo``); handlers removed after."""
@@ -345,7 +286,6 @@ def checkpoint_dict(cfg: TrainConfig, st: TrainState) -> dict[str, Any]:
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
     return {
-        "format": CHECKPOINT_FORMAT,
         "method": cfg.method,
         "config": cfg.to_dict(),
         "step": st.step,
@@ -358,13 +298,8 @@ def checkpoint_dict(cfg: TrainConfig, st: TrainState) -> dict[str, Any]:
     }
 
 
-def save_checkpoint(path: Path, cfg: TrainConfig, st: TrainState) -> None:
-    state = checkpoint_dict(cfg, st)
-    atomic_write(path, lambda p: torch.save(state, p))
-
-
 def restore_state(st: TrainState, ck: dict[str, Any]) -> None:
-    """Load a checkpoint dict (from :func:`madbench.runs.read_checkpoint`) into ``st``."""
+    """Load a checkpoint dict (from :func:`madbench.rundir.read_checkpoint`) into ``st``."""
     st.method.net.load_state_dict(ck["model"])
     st.ema.load_state_dict(ck["ema"])
     st.optimizer.load_state_dict(ck["optimizer"])
@@ -377,41 +312,29 @@ def restore_state(st: TrainState, ck: dict[str, Any]) -> None:
     st.step, st.elapsed = int(ck["step"]), float(ck["elapsed"])
 
 
-def config_differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
-    """Keys (dotted) whose values differ, ignoring :data:`RESUMABLE_KEYS`."""
+def config_differences(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
+    """Keys (dotted for sections) whose values differ, ignoring :data:`RESUMABLE_KEYS`."""
     out = []
     for k in sorted(set(a) | set(b)):
-        if k in RESUMABLE_KEYS:
+        if not prefix and k in RESUMABLE_KEYS:
             continue
         va, vb = a.get(k), b.get(k)
-        if isinstance(va, dict) and isinstance(vb, dict) and k == "net":
-            out += [f"net.{d}" for d in config_differences(va, vb)]
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += config_differences(va, vb, f"{prefix}{k}.")
         elif va != vb:
-            out.append(k)
+            out.append(prefix + k)
     return out
-
-
-def _truncate_history(path: Path, step: int) -> None:
-    """Keep the header and the rows with step <= ``step`` (rows written after a checkpoint)."""
-    if not path.exists():
-        return
-    lines = path.read_text().splitlines()
-    keep = lines[:1] + [ln for ln in lines[1:] if ln and int(ln.split(",")[0]) <= step]
-    atomic_write(path, lambda p: p.write_text("\n".join(keep) + "\n"))
 
 
 @torch.no_grad()
 def probe(st: TrainState, cfg: TrainConfig) -> dict[str, float]:
     """Sample quality of the EMA weights now: distance to M of the raw samples and the
-    distributional metrics of :func:`madbench.evaluate.distribution_metrics` against fresh data.
+    distributional metrics of :func:`madbench.metrics.distribution_metrics` against fresh data.
 
     ``probe_n`` samples with the method's default sampler in ``probe_steps`` steps, from a
     generator seeded by (seed, step): the training generators are untouched, so a run with
     probes ends with the same weights as one without. The EMA weights are swapped in and out.
     """
-    from madbench.evaluate import distribution_metrics, manifold_kind
-    from madbench.sampling import sample
-
     method, net = st.method, st.method.net
     live = [p.detach().clone() for p in st.ema.params]
     for p, e in zip(st.ema.params, st.ema.shadow, strict=True):
@@ -429,20 +352,8 @@ def probe(st: TrainState, cfg: TrainConfig) -> dict[str, float]:
     raw, proj = s["raw"].double().cpu(), s["projected"].double().cpu()
     row = {"dist_mean": float(method.manifold.distance_to_manifold(raw).mean())}
     if torch.isfinite(raw).all():
-        kind = manifold_kind(method.manifold)
-        row.update(distribution_metrics(kind, method.dataset, proj, ref.double().cpu(), ""))
+        row.update(distribution_metrics(method.dataset, proj, ref.double().cpu()))
     return row
-
-
-def _append_row(path: Path, row: dict[str, float], columns: tuple[str, ...] | None = None) -> None:
-    """Append ``row`` to the csv ``path`` (header first if new); ``columns`` default: row order.
-    Floats are written by repr (exact round trip), so a resumed run's rows read back equal."""
-    columns = tuple(row) if columns is None else columns
-    new = not path.exists()
-    with open(path, "a") as fh:
-        if new:
-            fh.write(",".join(columns) + "\n")
-        fh.write(",".join(repr(row[c]) for c in columns) + "\n")
 
 
 def _check_finite(losses: list[Tensor], first_step: int, cfg: TrainConfig) -> list[float]:
@@ -461,19 +372,21 @@ def _check_finite(losses: list[Tensor], first_step: int, cfg: TrainConfig) -> li
 # ---------------------------------------------------------------------- the run
 def _start_or_resume(cfg: TrainConfig, out: Path, overwrite: bool) -> dict[str, Any] | None:
     """The checkpoint to resume from (None: fresh start; stale files of a fresh start removed)."""
-    from madbench.runs import read_checkpoint
-
     ck_path = out / CHECKPOINT
     if ck_path.exists() and not overwrite:
         ck = read_checkpoint(ck_path, "cpu")
-        diff = config_differences(ck["config"], cfg.to_dict())
+        try:  # the checkpoint's config as this version reads it: moved keys, new defaults
+            trained = TrainConfig.from_dict(ck["config"]).to_dict()
+        except ConfigError as e:
+            raise ConfigError(f"{ck_path}: its config cannot be read: {e}") from e
+        diff = config_differences(trained, cfg.to_dict())
         if diff:
             raise ConfigError(
                 f"{ck_path} was trained with a different config (keys: {', '.join(diff)}); "
                 "use another --out directory or --overwrite"
             )
         return ck
-    for name in (CHECKPOINT, HISTORY, PROBES, NO_WEIGHTS, LOG):
+    for name in TRAINING_FILES:
         (out / name).unlink(missing_ok=True)
     return None
 
@@ -512,15 +425,14 @@ def train(
     as a killed run would (for resume tests).
     """
     cfg.validate()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    run = RunDir(out_dir)
+    run.path.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.device)
-    dataset, schedule = build_dataset(cfg), build_schedule(cfg)
-    method = build_method(cfg, dataset, schedule, device)
-    ck = _start_or_resume(cfg, out, overwrite)
-    dump_config(cfg, out / CONFIG)
+    method = build_run(cfg, device)
+    ck = _start_or_resume(cfg, run.path, overwrite)
+    dump_config(cfg, run.config)
     tty = sys.stderr.isatty() if progress is None else progress
-    with run_logger(out, echo=not tty) as log:
+    with run_logger(run.path, echo=not tty) as log:
         log.info(
             f"madbench train: method {cfg.method} dataset {cfg.dataset} schedule "
             f"{method.schedule!r} seed {cfg.seed} device {device} ({device_name(device)})"
@@ -529,43 +441,48 @@ def train(
         if tty:
             print(f"{cfg.method}: {method.n_parameters:,} parameters", file=sys.stderr)
         if not method.trainable:
-            return _no_weights(cfg, method, device, out, log)
+            return _no_weights(cfg, method, device, run, log)
         if ck is not None and int(ck["step"]) == cfg.steps:
-            log.info(f"{out / CHECKPOINT} is already at step {cfg.steps}: nothing to do")
-            return {"step": cfg.steps, "n_parameters": method.n_parameters, "out": str(out)}
-        st = make_state(cfg, method, device)
-        if ck is not None:
-            restore_state(st, ck)
-            log.info(f"resumed from {out / CHECKPOINT} at step {st.step}")
-            _truncate_history(out / HISTORY, st.step)
-            _truncate_history(out / PROBES, st.step)
-        info = _run_info(cfg, method, device, resumed_from=st.step if ck else None)
-        write_json(out / RUN_INFO, {**info, "status": "running"})
-        wb = WandbLogger(cfg, out)
-        try:
-            summary = _loop(cfg, st, out, log, tty, stop_after, wb)
-        finally:
-            wb.finish()
-        info.update(
-            summary,
-            status="complete" if st.step == cfg.steps else "interrupted",
-            train_wall_time_s=st.elapsed,
-            peak_memory_mb=peak_memory_mb(device),
-        )
-        write_json(out / RUN_INFO, info)
-        return {**summary, "n_parameters": method.n_parameters, "out": str(out)}
+            log.info(f"{run.checkpoint} is already at step {cfg.steps}: nothing to do")
+            return {"step": cfg.steps, "n_parameters": method.n_parameters, "out": str(run.path)}
+        return _train_weights(cfg, method, device, run, ck, log, tty, stop_after)
 
 
-def _no_weights(cfg: TrainConfig, method: Method, device: torch.device, out: Path, log) -> dict:
-    """Run directory of a non-trainable method: marker file, run_info, no checkpoint."""
+def _train_weights(cfg, method, device, run: RunDir, ck, log, tty, stop_after) -> dict[str, Any]:
+    """Resume from ``ck`` (if any), run the loop, write run_info before and after."""
+    st = make_state(cfg, method, device)
+    if ck is not None:
+        restore_state(st, ck)
+        log.info(f"resumed from {run.checkpoint} at step {st.step}")
+        truncate_rows(run.history, st.step)
+        truncate_rows(run.probes, st.step)
+    info = _run_info(cfg, method, device, resumed_from=st.step if ck else None)
+    write_json(run.run_info, {**info, "status": "running"})
+    wb = WandbLogger(cfg, run.path)
+    try:
+        summary = _loop(cfg, st, run, log, tty, stop_after, wb)
+    finally:
+        wb.finish()
+    info.update(
+        summary,
+        status="complete" if st.step == cfg.steps else "interrupted",
+        train_wall_time_s=st.elapsed,
+        peak_memory_mb=peak_memory_mb(device),
+    )
+    write_json(run.run_info, info)
+    return {**summary, "n_parameters": method.n_parameters, "out": str(run.path)}
+
+
+def _no_weights(cfg: TrainConfig, method: Method, device: torch.device, run: RunDir, log) -> dict:
+    """Run directory of a method without weights: marker file, run_info, no checkpoint."""
     text = f"method {cfg.method!r} is not trainable (it uses the dataset's exact score)\n"
-    atomic_write(out / NO_WEIGHTS, lambda p: p.write_text(text))
+    atomic_write(run / NO_WEIGHTS, lambda p: p.write_text(text))
     write_json(
-        out / RUN_INFO,
+        run.run_info,
         {**_run_info(cfg, method, device), "status": "complete", "train_wall_time_s": 0.0},
     )
     log.info(text.strip() + "; no weights written")
-    return {"step": 0, "n_parameters": 0, "out": str(out)}
+    return {"step": 0, "n_parameters": 0, "out": str(run.path)}
 
 
 def optimisation_step(
@@ -585,16 +502,13 @@ def optimisation_step(
     return loss.detach()
 
 
-def _loop(cfg, st: TrainState, out: Path, log, tty: bool, stop_after, wb) -> dict[str, Any]:
+def _loop(cfg, st: TrainState, run: RunDir, log, tty: bool, stop_after, wb) -> dict[str, Any]:
     """The optimisation steps from st.step to cfg.steps (or ``stop_after``)."""
-    from tqdm import tqdm
-
     net = st.method.net
     params = list(net.parameters())
     stream = DataStream(st.method.dataset, cfg.batch_size, st.data_gen)
     bar = tqdm(total=cfg.steps, initial=st.step, disable=not tty, dynamic_ncols=True)
-    losses: list[Tensor] = []
-    mark_step, mark_time, last = st.step, time.perf_counter(), float("nan")
+    window = _Window(st.step, time.perf_counter())
     net.train()
     while st.step < cfg.steps and (stop_after is None or st.step < stop_after):
         loss = optimisation_step(
@@ -603,43 +517,49 @@ def _loop(cfg, st: TrainState, out: Path, log, tty: bool, stop_after, wb) -> dic
         st.scheduler.step()
         st.ema.update(st.step)
         st.step += 1
-        losses.append(loss)
+        window.losses.append(loss)
         bar.update(1)
         is_log = st.step % cfg.log_every == 0 or st.step == cfg.steps
         is_probe = cfg.probe_every > 0 and (st.step % cfg.probe_every == 0 or st.step == cfg.steps)
         if is_log or is_probe or st.step % cfg.checkpoint_every == 0:
-            now = time.perf_counter()
-            st.elapsed += now - mark_time
-            vals = _check_finite(losses, st.step - len(losses) + 1, cfg)
-            last = sum(vals) / len(vals)
-            sps = (st.step - mark_step) / max(now - mark_time, 1e-9)
-            row = {
-                "step": st.step,
-                "loss": last,
-                "lr": st.optimizer.param_groups[0]["lr"],
-                "steps_per_s": sps,
-                "wall_time": st.elapsed,
-            }
-            _append_row(out / HISTORY, row, HISTORY_COLUMNS)
-            wb.log(row)
-            bar.set_postfix(loss=f"{last:.4g}", it_s=f"{sps:.1f}")
-            log.info(
-                f"step {st.step}/{cfg.steps} loss {last:.5g} lr {row['lr']:.3g} {sps:.1f} steps/s"
-            )
-            if is_probe:  # outside the timed region: wall_time stays training time
-                t_probe = time.perf_counter()
-                pr = probe(st, cfg)
-                _append_row(
-                    out / PROBES,
-                    {"step": st.step, "wall_time": st.elapsed, **pr,
-                     "probe_time_s": time.perf_counter() - t_probe},
-                )  # fmt: skip
-                log.info(f"probe at step {st.step}: distance to M {pr['dist_mean']:.3g}")
-            if st.step % cfg.checkpoint_every == 0 or st.step == cfg.steps:
-                save_checkpoint(out / CHECKPOINT, cfg, st)
-            losses, mark_step, mark_time = [], st.step, time.perf_counter()
+            _boundary(cfg, st, run, window, is_probe, log, bar, wb)
     bar.close()
-    if st.step == cfg.steps and not (out / CHECKPOINT).exists():
-        save_checkpoint(out / CHECKPOINT, cfg, st)  # steps == 0
+    if st.step == cfg.steps and not run.checkpoint.exists():
+        save_checkpoint(run.checkpoint, checkpoint_dict(cfg, st))  # steps == 0
     steps_per_s = st.step / st.elapsed if st.elapsed > 0 else float("nan")
-    return {"step": st.step, "final_loss": last, "steps_per_s": steps_per_s}
+    return {"step": st.step, "final_loss": window.last, "steps_per_s": steps_per_s}
+
+
+@dataclass
+class _Window:
+    """The steps since the last log boundary: their losses, first step and start time."""
+
+    step: int
+    time: float
+    losses: list[Tensor] = field(default_factory=list)
+    last: float = float("nan")  # mean loss of the previous window
+
+
+def _boundary(cfg, st: TrainState, run: RunDir, w: _Window, is_probe: bool, log, bar, wb) -> None:
+    """At a log, probe or checkpoint step: check the losses, append history (and probes),
+    save the checkpoint when due, and open a new window."""
+    now = time.perf_counter()
+    st.elapsed += now - w.time
+    vals = _check_finite(w.losses, st.step - len(w.losses) + 1, cfg)
+    w.last = sum(vals) / len(vals)
+    sps = (st.step - w.step) / max(now - w.time, 1e-9)
+    lr = st.optimizer.param_groups[0]["lr"]
+    row = {"step": st.step, "loss": w.last, "lr": lr, "steps_per_s": sps, "wall_time": st.elapsed}
+    append_row(run.history, row, HISTORY_COLUMNS)
+    wb.log(row)
+    bar.set_postfix(loss=f"{w.last:.4g}", it_s=f"{sps:.1f}")
+    log.info(f"step {st.step}/{cfg.steps} loss {w.last:.5g} lr {lr:.3g} {sps:.1f} steps/s")
+    if is_probe:  # outside the timed region: wall_time stays training time
+        t_probe = time.perf_counter()
+        pr = probe(st, cfg)
+        pr["probe_time_s"] = time.perf_counter() - t_probe
+        append_row(run.probes, {"step": st.step, "wall_time": st.elapsed, **pr})
+        log.info(f"probe at step {st.step}: distance to M {pr['dist_mean']:.3g}")
+    if st.step % cfg.checkpoint_every == 0 or st.step == cfg.steps:
+        save_checkpoint(run.checkpoint, checkpoint_dict(cfg, st))
+    w.losses, w.step, w.time = [], st.step, time.perf_counter()

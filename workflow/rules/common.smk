@@ -12,7 +12,9 @@ from snakemake.logging import logger
 from snakemake.utils import Paramspace, validate
 
 from madbench.aggregate import dataset_family
+from madbench.figures import RUN_FIGURES as RUN_FIGURE_FUNCTIONS
 from madbench.pipeline import build_grid, check_names, check_ranges, run_settings
+from madbench.rate_separation.outputs import FIGURES as RS_FIGURE_NAMES
 
 
 validate(config, schema="../schemas/config.schema.yaml")
@@ -106,7 +108,9 @@ def run_meta(wildcards):
 
 # ---- rate separation (workflow/rules/rate_separation.smk)
 RS = f"{RESULTS}/rate_separation"
-RS_FIGURES = ["rate_separation_anatomy", "rate_separation_tolerance", "rate_separation_tempering"]
+RS_FIGURES = list(RS_FIGURE_NAMES)
+# Figures drawn from the run table (one figure_runs job each): madbench.figures.RUN_FIGURES.
+RUN_FIGURES = list(RUN_FIGURE_FUNCTIONS)
 # Learned scores: the first seed of the VE runs on the anatomy targets' datasets, when in the grid.
 RS_LEARNED = {"s2": "s2_vmf_mixture_4", "discrete": "toy"}
 

@@ -1,6 +1,6 @@
 # Figures: MAD's toy figure from the library, the others from the run table.
 
-RUN_FIGURES = ["training_curves", "efficiency", "score_error", "samples_s2", "samples_so3", "schedules"]
+# RUN_FIGURES (the figures drawn from the run table) comes from madbench.figures (common.smk).
 
 
 rule figure_toy:

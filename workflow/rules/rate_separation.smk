@@ -1,4 +1,4 @@
-# The sigma-rate separation curves (SCIENCE.md section 5): exact-score anatomy, error tolerance
+# The sigma-rate separation curves (docs/science.md section 5): exact-score anatomy, error tolerance
 # and tempering, plus the learned DSM and MAD scores of the grid's runs where it has them.
 
 rule rate_separation:

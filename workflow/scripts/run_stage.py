@@ -1,4 +1,4 @@
-"""Run one stage (train, sample, evaluate) of one run and always write its status file.
+"""Run one stage (train or evaluate) of one run and always write its status file.
 
 Called by the rules in workflow/rules/runs.smk (a `shell:` command: editing this file does not
 make Snakemake's code trigger rerun finished trainings); standard library only. The stage's

@@ -34,6 +34,11 @@ class Dataset:
         raise NotImplementedError
 
     @property
+    def family(self) -> str:
+        """The results table of this dataset: its manifold's family (earth data: "earth")."""
+        return self.manifold.family
+
+    @property
     def has_log_prob(self) -> bool:
         return type(self).log_prob is not Dataset.log_prob
 

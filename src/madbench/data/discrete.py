@@ -1,4 +1,4 @@
-"""Discrete datasets with exact log-probabilities and exact noisy scores (SCIENCE.md 2.1, 3).
+"""Discrete datasets with exact log-probabilities and exact noisy scores (docs/science.md 2.1, 3).
 
 ``log_prob`` is w.r.t. the counting measure: log P(X = v) for v an atom, -inf off the atoms
 (tolerance ``ATOL``). ``score(x, sigma)`` is the exact score of p_data * N(0, sigma^2 I_D).

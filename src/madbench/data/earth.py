@@ -1,4 +1,4 @@
-"""Earth event datasets on S^2 (SCIENCE.md 3): volcano, earthquake, flood and fire.
+"""Earth event datasets on S^2 (docs/science.md 3): volcano, earthquake, flood and fire.
 
 The csv files are the ones distributed with the RSGM code (riemannian-score-sde, commit
 b35b739), from NOAA NGDC, the Dartmouth Flood Observatory and NASA FIRMS. Each row is an event
@@ -31,6 +31,7 @@ from torch import Tensor
 from madbench._utils import atomic_write, make_generator
 from madbench.data.base import Dataset, register_dataset
 from madbench.manifolds.base import Manifold
+from madbench.manifolds.sphere import Sphere
 
 BASE_URL = (
     "https://raw.githubusercontent.com/oxcsml/riemannian-score-sde/"
@@ -212,6 +213,7 @@ class EarthDataset(Dataset):
     """
 
     empirical = True
+    family = "earth"
     log_prob_convention = "area on S^2 (vol = 4 pi); empirical data, no closed form"
 
     def __init__(
@@ -234,10 +236,8 @@ class EarthDataset(Dataset):
 
     @property
     def manifold(self) -> Manifold:
-        """Sphere(2), imported on first use."""
+        """Sphere(2)."""
         if self._manifold is None:
-            from madbench.manifolds import Sphere
-
             self._manifold = Sphere(2)
         return self._manifold
 

@@ -1,11 +1,11 @@
-"""Laws on SO(3) (points: 3x3 rotations flattened row-major to R^9), SCIENCE.md 2.3 and 3.
+"""Laws on SO(3) (points: 3x3 rotations flattened row-major to R^9), docs/science.md 2.3 and 3.
 
 Convention of every ``log_prob`` here: density w.r.t. the Riemannian volume of the Frobenius
 metric tr(A^T B) (the volume of :class:`~madbench.manifolds.SO3`, 8 pi^2 2^{3/2}). Add
 ``LOG_DENSITY_SHIFT`` = 1.5 log 2 for the published convention (metric tr(A^T B)/2, vol 8 pi^2).
 
 Matrix Fisher mixtures sum_k w_k MF(F_k) (density exp(tr(F_k^T R)) / c(F_k) w.r.t. normalised
-Haar) have an exact noisy law (derived, SCIENCE.md 2.3): with G_k = F_k + X / sigma^2,
+Haar) have an exact noisy law (derived, docs/science.md 2.3): with G_k = F_k + X / sigma^2,
 
     p_sigma(X) = (2 pi sigma^2)^{-9/2} e^{-(|X|^2 + 3) / (2 sigma^2)} sum_k w_k c(G_k) / c(F_k),
     score(X) = (sum_k pi_k E_{MF(G_k)}[R] - X) / sigma^2,  pi_k prop. to w_k c(G_k) / c(F_k).

@@ -1,4 +1,4 @@
-"""Laws on spheres and tori with exact samplers, densities and noisy scores (SCIENCE.md 2.2, 3).
+"""Laws on spheres and tori: exact samplers, densities and noisy scores (docs/science.md 2.2, 3).
 
 Densities (``log_prob``) are w.r.t. the Riemannian volume of the embedded manifold: length on
 the circle (total 2 pi), area on S^2 (total 4 pi), product length on T^n (total (2 pi)^n).

@@ -1,26 +1,19 @@
-"""Manifolds embedded in R^D with uniform laws, MAD base scores and RSGM geometry.
-
-Classes are imported lazily (PEP 562) so that ``from madbench.manifolds import Hypercube`` does
-not pay for the SO(3) quadrature tables.
-"""
-
-from importlib import import_module
+"""Manifolds embedded in R^D with uniform laws, MAD base scores and RSGM geometry."""
 
 from madbench.manifolds.base import Manifold, RiemannianManifold
+from madbench.manifolds.discrete import DiscreteSet, FiniteSet, Hypercube, OneHot
+from madbench.manifolds.so3 import SO3
+from madbench.manifolds.sphere import Sphere
+from madbench.manifolds.torus import Torus
 
-_WHERE = {
-    "DiscreteSet": "discrete",
-    "Hypercube": "discrete",
-    "OneHot": "discrete",
-    "SO3": "so3",
-    "Sphere": "sphere",
-    "Torus": "torus",
-}
-
-__all__ = ["Manifold", "RiemannianManifold", *_WHERE]
-
-
-def __getattr__(name: str):
-    if name in _WHERE:
-        return getattr(import_module(f"madbench.manifolds.{_WHERE[name]}"), name)
-    raise AttributeError(f"module 'madbench.manifolds' has no attribute {name!r}")
+__all__ = [
+    "DiscreteSet",
+    "FiniteSet",
+    "Hypercube",
+    "Manifold",
+    "OneHot",
+    "RiemannianManifold",
+    "SO3",
+    "Sphere",
+    "Torus",
+]

@@ -10,15 +10,21 @@ Conventions
 * The Riemannian metric is the one induced by the ambient Euclidean (Frobenius) inner product.
   Heat kernels and log densities on M are w.r.t. its Riemannian volume measure, of total mass
   exp(``log_volume``); Brownian motion has generator Laplace-Beltrami / 2 in that metric.
-  Conversions to other conventions (SO(3) with <A,B> = tr(A^T B)/2) are stated by the class.
+* What evaluation reports is stated by the class: ``kind`` (which metrics apply),
+  ``volume_convention`` and ``log_density_shift`` (reported log density = computed one + shift;
+  SO(3) reports w.r.t. <A,B> = tr(A^T B)/2), ``metric_cdist`` (the distance of the
+  distributional metrics) and ``family`` (the results table of its datasets).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import ClassVar
 
 import torch
 from torch import Tensor
+
+from madbench.manifolds._distances import euclidean_cdist
 
 
 class Manifold(ABC):
@@ -26,10 +32,26 @@ class Manifold(ABC):
 
     ambient_dim: int
     dim: int  # intrinsic dimension; 0 for finite sets
+    #: what evaluation treats M as: "discrete", "sphere", "torus" or "so3"
+    kind: ClassVar[str]
+    #: reference measure of the reported log densities (the ``nll`` of metrics.json)
+    volume_convention: ClassVar[str]
+    #: reported log density = log density w.r.t. the ambient-induced volume + this (nats)
+    log_density_shift: ClassVar[float] = 0.0
 
     @property
     def codim(self) -> int:
         return self.ambient_dim - self.dim
+
+    @property
+    def family(self) -> str:
+        """The results table of datasets on M (``kind`` unless the class says otherwise)."""
+        return self.kind
+
+    def metric_cdist(self, x: Tensor, y: Tensor) -> Tensor:
+        """Pairwise distances (n, m), float64, for the distributional metrics (MMD kernel, OT
+        cost): the geodesic distance of the reported convention; Euclidean for finite sets."""
+        return euclidean_cdist(x, y)
 
     @abstractmethod
     def project(self, x: Tensor) -> Tensor:

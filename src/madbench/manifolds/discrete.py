@@ -1,6 +1,7 @@
 """Finite sets in R^D: any atoms, the hypercube {-1,1}^d and the one-hot simplex vertices.
 
-For a law sum_k w_k delta_{m_k} noised by N(0, sigma^2 I_D) the score is exact (SCIENCE.md 2.1):
+For a law sum_k w_k delta_{m_k} noised by N(0, sigma^2 I_D) the score is exact
+(docs/science.md 2.1):
 
     s(x) = ( sum_k softmax_k( log w_k - |x - m_k|^2 / (2 sigma^2) ) m_k  -  x ) / sigma^2
 
@@ -109,14 +110,20 @@ def hypercube_score(x: Tensor, sigma: float | Tensor, fields: Tensor | None = No
     return ((torch.tanh(a) - x64) / s2).to(x.dtype)
 
 
-class DiscreteSet(Manifold):
+class FiniteSet(Manifold):
+    """Base of the finite sets (dim 0): log densities w.r.t. counting measure."""
+
+    dim = 0
+    kind = "discrete"
+    volume_convention = "counting measure"
+
+
+class DiscreteSet(FiniteSet):
     """A finite set {m_1..m_K} in R^D with a base law w (default uniform); dim 0.
 
     ``base_score`` uses the base law w (MAD's p_base); ``sample_uniform`` draws the normalised
     counting law (uniform over atoms) and ``sample_base`` draws w.
     """
-
-    dim = 0
 
     def __init__(self, atoms: Tensor | list, weights: Tensor | list | None = None):
         a = torch.as_tensor(atoms, dtype=torch.float64)
@@ -167,13 +174,11 @@ class DiscreteSet(Manifold):
         return f"DiscreteSet(K={self.n_atoms}, ambient_dim={self.ambient_dim})"
 
 
-class Hypercube(Manifold):
+class Hypercube(FiniteSet):
     """The vertices {-1,1}^d in R^d with the uniform (counting) law; dim 0.
 
     ``project`` rounds by sign with sign(0) = +1. Atom index of v: sum_i [v_i = +1] 2^i.
     """
-
-    dim = 0
 
     def __init__(self, d: int):
         if int(d) != d or d < 1:
@@ -213,13 +218,11 @@ class Hypercube(Manifold):
         return hypercube_score(x, sigma)
 
 
-class OneHot(Manifold):
+class OneHot(FiniteSet):
     """The K one-hot vertices e_1..e_K of the simplex in R^K with the uniform law; dim 0.
 
     ``project`` is one_hot(argmax x) (ties: lowest index).
     """
-
-    dim = 0
 
     def __init__(self, K: int):
         if int(K) != K or K < 2:

@@ -1,4 +1,4 @@
-"""Matrix Fisher law MF(F) on SO(3): normaliser, mean and exact sampler (SCIENCE.md 2.3).
+"""Matrix Fisher law MF(F) on SO(3): normaliser, mean and exact sampler (docs/science.md 2.3).
 
 MF(F) has density exp(tr(F^T R)) / c(F) w.r.t. the normalised Haar measure. With the proper
 SVD F = U diag(s) V^T (U, V in SO(3), s1 >= s2 >= |s3|), c(F) = c(s) and

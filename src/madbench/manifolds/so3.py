@@ -33,6 +33,7 @@ import torch
 from torch import Tensor
 
 from madbench._utils import as_sigma
+from madbench.manifolds._distances import so3_angle_cdist
 from madbench.manifolds._rotations import (
     angle_so3,
     exp_so3,
@@ -207,9 +208,17 @@ class SO3(RiemannianManifold):
 
     ambient_dim = 9
     dim = 3
+    kind = "so3"
+    volume_convention = "Haar with <A,B> = tr(A^T B)/2, vol SO(3) = 8 pi^2"
+    log_density_shift = LOG_DENSITY_SHIFT
 
     def __repr__(self) -> str:
         return "SO3()"
+
+    def metric_cdist(self, x: Tensor, y: Tensor) -> Tensor:
+        """Rotation angle of x_i^T y_j: the geodesic distance of the reported metric
+        tr(A^T B)/2 (radians; the Frobenius geodesic distance is sqrt(2) times it)."""
+        return so3_angle_cdist(x, y)
 
     @property
     def log_volume(self) -> float:

@@ -32,6 +32,7 @@ from torch import Tensor
 
 from madbench._utils import as_sigma
 from madbench.manifolds._bessel import vmf_mean_resultant
+from madbench.manifolds._distances import sphere_geodesic_cdist
 from madbench.manifolds.base import RiemannianManifold, as_heat_time
 
 _S2_SERIES_T = 0.5  # t at and above which the Legendre series is used everywhere on S^2
@@ -154,6 +155,9 @@ def s2_log_heat(theta: Tensor, t: Tensor, need_grad: bool = False) -> tuple[Tens
 class Sphere(RiemannianManifold):
     """S^dim = {x in R^(dim+1): |x| = 1}; ``Sphere(1)`` is the circle, ``Sphere(2)`` is S^2."""
 
+    kind = "sphere"
+    volume_convention = "area measure of the unit sphere (vol S^2 = 4 pi, vol S^1 = 2 pi)"
+
     def __init__(self, dim: int):
         if int(dim) != dim or dim < 1:
             raise ValueError(f"Sphere needs an integer dim >= 1, got {dim}")
@@ -162,6 +166,15 @@ class Sphere(RiemannianManifold):
 
     def __repr__(self) -> str:
         return f"Sphere({self.dim})"
+
+    @property
+    def family(self) -> str:
+        """The circle S^1 = T^1 is tabled with the tori; S^d, d >= 2, with the spheres."""
+        return "torus" if self.dim == 1 else "sphere"
+
+    def metric_cdist(self, x: Tensor, y: Tensor) -> Tensor:
+        """Great-circle distances (radians)."""
+        return sphere_geodesic_cdist(x, y)
 
     @property
     def log_volume(self) -> float:

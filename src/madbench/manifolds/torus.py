@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from madbench._utils import as_sigma
+from madbench.manifolds._distances import torus_geodesic_cdist
 from madbench.manifolds.base import RiemannianManifold, as_heat_time
 from madbench.manifolds.sphere import Sphere
 
@@ -22,6 +23,9 @@ _CIRCLE = Sphere(1)
 
 class Torus(RiemannianManifold):
     """Product of ``n`` unit circles in R^(2n)."""
+
+    kind = "torus"
+    volume_convention = "product of arc-length measures (vol = (2 pi)^n)"
 
     def __init__(self, n: int):
         if int(n) != n or n < 1:
@@ -37,6 +41,10 @@ class Torus(RiemannianManifold):
     def log_volume(self) -> float:
         """n log(2 pi)."""
         return self.n * math.log(2.0 * math.pi)
+
+    def metric_cdist(self, x: Tensor, y: Tensor) -> Tensor:
+        """Flat-torus geodesic distances sqrt(sum_i angle_i^2) (radians)."""
+        return torus_geodesic_cdist(x, y)
 
     def _split(self, x: Tensor, name: str = "x") -> Tensor:
         if x.ndim != 2 or x.shape[-1] != self.ambient_dim:

@@ -1,4 +1,4 @@
-"""MAD: manifold-aware DSM, model score = s_base + remainder (SCIENCE.md section 1).
+"""MAD: manifold-aware DSM, model score = s_base + remainder (docs/science.md section 1).
 
 With a = alpha(t), s = std(t), sigma = s / a, the base score of the schedule's variable is
 s_base,t(x) = manifold.base_score(x / a, sigma) / a (uniform law on M noised like the data),
@@ -16,8 +16,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from madbench.methods.base import register_method
-from madbench.methods.dsm import AmbientMethod
+from madbench.methods.base import AmbientMethod, register_method
 
 
 @register_method("mad")

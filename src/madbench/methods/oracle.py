@@ -1,10 +1,11 @@
 """The exact-score oracle: no training, the dataset's closed-form noisy score.
 
 score(x, t) = dataset.score(x / a, sigma) / a with a = alpha(t), sigma = std(t) / alpha(t)
-(SCIENCE.md section 1, VP scaling). It runs through the same samplers and likelihood code as the
-learned methods: the ceiling of every table and the end-to-end test of that code. Its ``loss``
-is the DSM loss of :mod:`.dsm` evaluated at the exact score (no gradient): by the DSM identity
-the smallest expected loss any ambient model can reach, a reference for training curves.
+(docs/science.md section 1, VP scaling). It runs through the same samplers and likelihood code
+as the learned methods: the ceiling of every table and the end-to-end test of that code. Its
+``loss`` is the ambient DSM loss evaluated at the exact score (no gradient): by the DSM
+identity the smallest expected loss any ambient model can reach, a reference for training
+curves.
 """
 
 from __future__ import annotations
@@ -13,8 +14,7 @@ import torch
 from torch import Tensor
 
 from madbench.data.base import Dataset
-from madbench.methods.base import register_method
-from madbench.methods.dsm import AmbientMethod
+from madbench.methods.base import AmbientMethod, MethodParams, register_method
 
 
 @register_method("oracle")
@@ -22,6 +22,7 @@ class Oracle(AmbientMethod):
     """u = sigma * dataset.score(x / a, sigma); no network, not trainable."""
 
     trainable = False
+    Params = MethodParams  # no network, so no input scaling
 
     @classmethod
     def check_supported(cls, dataset: Dataset) -> None:

@@ -2,20 +2,22 @@
 
 Forward: Brownian motion on M (generator Laplace-Beltrami / 2, ambient-induced metric) run for
 the heat time tau = schedule.heat_time(t) (dX = g(t) dB_M). Training pairs: x0 ~ data, t uniform
-on [t_eps, T], x_t ~ p_tau(. | x0) drawn exactly (``manifold.sample_heat_kernel``, config
-``rsgm_forward: exact``, default) or by a geodesic random walk (``random_walk``, with
-``rsgm_walk_steps`` steps). Target: the heat-kernel score grad_x log p_tau(x_t | x0) (a tangent
+on [t_eps, T], x_t ~ p_tau(. | x0) drawn exactly (``manifold.sample_heat_kernel``, method
+parameter ``forward: exact``, default) or by a geodesic random walk (``random_walk``,
+with ``walk_steps`` steps). Target: the heat-kernel score grad_x log p_tau(x_t | x0) (a tangent
 vector). Model: score(x, t) = P_x net(x, log sqrt(tau)) / sqrt(tau) (P_x the tangent
 projection). Loss: E tau || score - target ||^2 = E || P_x net - sqrt(tau) target ||^2.
 
 Small times: for VE, heat_time(0) = 0 and the score blows up there, so RSGM uses the schedule
-restricted to [t_eps, T] with t_eps = max(t_min, t(tau_min)), tau_min = config
-``rsgm_tau_min`` (default 1e-4, a geodesic spread of 0.01). ``method.schedule`` *is* that
+restricted to [t_eps, T] with t_eps = max(t_min, t(tau_min)), tau_min = method parameter
+``tau_min`` (default 1e-4, a geodesic spread of 0.01). ``method.schedule`` *is* that
 restricted schedule, so the geodesic random walk, the Riemannian ODE and the likelihood all stop
 at heat time max(tau_min, heat_time(t_min)) > 0.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import torch
 from torch import Tensor, nn
@@ -23,55 +25,28 @@ from torch import Tensor, nn
 from madbench._utils import make_generator
 from madbench.data.base import Dataset
 from madbench.manifolds.base import RiemannianManifold
-from madbench.methods.base import Method, register_method
+from madbench.methods.base import Method, MethodParams, register_method
 from madbench.nets import call_net
 from madbench.schedules import Schedule
 
 FORWARD_SAMPLERS = ("exact", "random_walk")
 
 
-def time_of_heat_time(schedule: Schedule, tau: float) -> float:
-    """The t in [0, T] with heat_time(t) = tau (bisection in float64; heat_time increases)."""
-    lo, hi = 0.0, float(schedule.T)
-    if float(schedule.heat_time(torch.tensor(hi, dtype=torch.float64))) <= tau:
-        raise ValueError(f"heat time {tau} is not reached by {schedule!r} before T = {hi}")
-    for _ in range(100):
-        mid = 0.5 * (lo + hi)
-        if float(schedule.heat_time(torch.tensor(mid, dtype=torch.float64))) < tau:
-            lo = mid
-        else:
-            hi = mid
-    return hi
+@dataclasses.dataclass(frozen=True)
+class RSGMParams(MethodParams):
+    #: forward samples: exact heat-kernel draws or a geodesic random walk
+    forward: str = "exact"
+    #: steps of the geodesic random walk (``forward: random_walk``)
+    walk_steps: int = 100
+    #: smallest heat time trained and sampled (a geodesic spread of sqrt(tau_min))
+    tau_min: float = 1e-4
 
-
-class RestrictedSchedule(Schedule):
-    """``base`` on [t_min, base.T] with a larger t_min; every function delegates to ``base``."""
-
-    def __init__(self, base: Schedule, t_min: float):
-        if not base.t_min <= t_min < base.T:
-            raise ValueError(f"t_min = {t_min} outside [{base.t_min}, {base.T}) of {base!r}")
-        self.base, self.t_min, self.T, self.name = base, float(t_min), base.T, base.name
-
-    def alpha(self, t):
-        return self.base.alpha(t)
-
-    def std(self, t):
-        return self.base.std(t)
-
-    def beta(self, t):
-        return self.base.beta(t)
-
-    def heat_time(self, t):
-        return self.base.heat_time(t)
-
-    def t_of_sigma(self, sigma):
-        return self.base.t_of_sigma(sigma)
-
-    def drift(self, x, t):
-        return self.base.drift(x, t)
-
-    def __repr__(self) -> str:
-        return f"{self.base!r} on [{self.t_min:.4g}, {self.T:.4g}]"
+    def checks(self) -> list[tuple[str, bool, str]]:
+        return [
+            ("forward", self.forward in FORWARD_SAMPLERS, f"must be one of {FORWARD_SAMPLERS}"),
+            ("walk_steps", self.walk_steps >= 1, "must be >= 1"),
+            ("tau_min", self.tau_min > 0, "must be > 0"),
+        ]
 
 
 @register_method("rsgm")
@@ -79,31 +54,21 @@ class RSGM(Method):
     """Intrinsic score model: tangent-vector scores for Brownian motion on M (module doc)."""
 
     intrinsic = True
+    Params = RSGMParams
 
     def __init__(
         self,
         dataset: Dataset,
         schedule: Schedule,
         net: nn.Module | None = None,
-        config: dict | None = None,
+        params: RSGMParams | dict | None = None,
     ):
-        super().__init__(dataset, schedule, net, config)
-        self.forward_sampler = self.config.get("rsgm_forward", "exact")
-        if self.forward_sampler not in FORWARD_SAMPLERS:
-            raise ValueError(
-                f"config key 'rsgm_forward' must be one of {FORWARD_SAMPLERS}, "
-                f"got {self.forward_sampler!r}"
-            )
-        self.walk_steps = int(self.config.get("rsgm_walk_steps", 100))
-        self.tau_min = float(self.config.get("rsgm_tau_min", 1e-4))
-        if not self.tau_min > 0:
-            raise ValueError(f"config key 'rsgm_tau_min' must be > 0, got {self.tau_min}")
+        super().__init__(dataset, schedule, net, params)
         tau0 = float(schedule.heat_time(torch.tensor(schedule.t_min, dtype=torch.float64)))
-        t_eps = (
-            schedule.t_min if tau0 >= self.tau_min else time_of_heat_time(schedule, self.tau_min)
-        )
+        tau_min = self.params.tau_min
+        t_eps = schedule.t_min if tau0 >= tau_min else schedule.t_of_heat_time(tau_min)
         self.base_schedule = schedule
-        self.schedule = RestrictedSchedule(schedule, t_eps)
+        self.schedule = schedule.restricted(t_eps)
 
     @classmethod
     def check_supported(cls, dataset: Dataset) -> None:
@@ -125,7 +90,7 @@ class RSGM(Method):
         """tau(t) in float64, shape (n,)."""
         return self.schedule.heat_time(torch.as_tensor(t).double().reshape(-1))
 
-    def scaled_score(self, x: Tensor, tau: Tensor) -> Tensor:
+    def tangent_scaled_score(self, x: Tensor, tau: Tensor) -> Tensor:
         """sqrt(tau) * score = P_x net(x, log sqrt(tau)); tau (n,) float64."""
         if self.net is None:
             raise RuntimeError("method 'rsgm' has no network")
@@ -134,16 +99,16 @@ class RSGM(Method):
     def score(self, x: Tensor, t: Tensor) -> Tensor:
         """P_x net(x, log sqrt(tau)) / sqrt(tau), a tangent vector at x (n, D)."""
         tau = self.heat_time(t)
-        return self.scaled_score(x, tau) / tau.sqrt().to(x.dtype).unsqueeze(-1)
+        return self.tangent_scaled_score(x, tau) / tau.sqrt().to(x.dtype).unsqueeze(-1)
 
     def forward_sample(
         self, x0: Tensor, tau: Tensor, generator: torch.Generator | None = None
     ) -> Tensor:
         """x_tau ~ p_tau(. | x0): exact heat-kernel draw or geodesic random walk."""
-        if self.forward_sampler == "exact":
+        if self.params.forward == "exact":
             return self.manifold.sample_heat_kernel(x0, tau, generator=generator)
         return self.manifold.random_walk(
-            x0, tau.to(x0.dtype), n_steps=self.walk_steps, generator=generator
+            x0, tau.to(x0.dtype), n_steps=self.params.walk_steps, generator=generator
         )
 
     def loss(self, x0: Tensor, generator: torch.Generator | None = None) -> Tensor:
@@ -152,5 +117,5 @@ class RSGM(Method):
         tau = self.heat_time(t)
         xt = self.forward_sample(x0, tau, generator)
         target = self.manifold.heat_kernel_score(xt, x0, tau).to(x0.dtype)
-        u = self.scaled_score(xt, tau)
+        u = self.tangent_scaled_score(xt, tau)
         return (u - tau.sqrt().to(x0.dtype).unsqueeze(-1) * target).square().sum(-1).mean()

@@ -3,7 +3,7 @@
 At x = x0 + sigma z (x0 ~ p_data, z ~ N(0, I_D)), or at a fixed offset x = x0 + d n (n a random
 unit normal at x0), every score s is split at p = proj_M(x) into
 tangent = P_{T_p M} s and normal = s - tangent (finite sets: everything is normal). Expected for
-exact scores as sigma -> 0 (SCIENCE.md 5): E|normal| ~ sigma^-1 with sigma E|normal| -> E|Z_k|
+exact scores as sigma -> 0 (docs/science.md 5): E|normal| ~ sigma^-1 with sigma E|normal| -> E|Z_k|
 (k = codim), ~ sigma^-2 at a fixed offset, E|tangent| ~ sigma^0 and the remainder s - s_base
 ~ sigma^0.
 """

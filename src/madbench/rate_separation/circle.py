@@ -1,7 +1,7 @@
 """Closed forms on the unit circle S^1 in R^2 for the rate-separation experiments.
 
 Data law: von Mises vM(mu, kappa) on the angle, points (cos t, sin t); noise N(0, sigma^2 I_2).
-With v = kappa mu + x / sigma^2 and r = |v| (SCIENCE.md 2.2, p = 2):
+With v = kappa mu + x / sigma^2 and r = |v| (docs/science.md 2.2, p = 2):
 
     log p_sigma(x) = -log(2 pi sigma^2) - (|x|^2 + 1) / (2 sigma^2) + log I0(r) - log I0(kappa)
     s(x)           = (A(r) v / r - x) / sigma^2,   A = I1 / I0,
@@ -17,7 +17,7 @@ with the perturbed score is known, see :mod:`madbench.rate_separation.oracle`):
 * ``tangential_orth``: e0 = cos(t) tau / |x|        = grad sin t
 
 ``tangential`` vanishes at the data mode t = 0 and flattens vM(4) towards vM(4 - c): at c = 1
-its TV to p_data is 0.0779 (SCIENCE.md 5's plateau); its potential is aligned with
+its TV to p_data is 0.0779 (docs/science.md 5's plateau); its potential is aligned with
 log p_data = kappa cos t, so under tempering (alpha > 0) it partly cancels the data term and
 bends the TV slope. ``tangential_orth`` (potential sin t, L2-orthogonal to cos t) moves the mode
 and gives the clean slope min(alpha, alpha + beta).
@@ -30,16 +30,14 @@ import math
 import torch
 from torch import Tensor
 
+from madbench.manifolds._bessel import bessel_ratio, log_ive
+
 ERROR_TYPES = ("none", "normal", "tangential", "tangential_orth")
 
 
 def _log_i0(r: Tensor) -> Tensor:
-    return torch.log(torch.special.i0e(r)) + r
-
-
-def _bessel_ratio(r: Tensor) -> Tensor:
-    """A(r) = I1(r) / I0(r), stable for all r >= 0."""
-    return torch.special.i1e(r) / torch.special.i0e(r)
+    """log I0(r), from the exponentially scaled Bessel function (finite for large r)."""
+    return log_ive(0, r) + r
 
 
 def _check_x(x: Tensor) -> None:
@@ -74,7 +72,7 @@ def vonmises_score(x: Tensor, sigma: float, kappa: float = 4.0, mu_angle: float 
     _check_x(x)
     v = _v(x, sigma, kappa, mu_angle)
     r = v.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(x.dtype).tiny)
-    return (_bessel_ratio(r) * v / r - x) / sigma**2
+    return (bessel_ratio(1.0, r) * v / r - x) / sigma**2
 
 
 def circle_base_score(x: Tensor, sigma: float) -> Tensor:

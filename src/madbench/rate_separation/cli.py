@@ -1,10 +1,16 @@
-"""``madbench rate-separation``: run experiments A/B/C, write curves.csv, slopes.csv, figures."""
+"""``madbench rate-separation``: run experiments A/B/C, write curves.csv, slopes.csv, figures.
+
+Every argument is checked before anything runs (an unknown part or manifold is an error with
+exit status 2), and nothing is written unless the experiments produced curves, so a typo never
+replaces earlier results by empty files.
+"""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -12,23 +18,25 @@ import pandas as pd
 import torch
 
 from madbench._utils import atomic_write
+from madbench.data import get_dataset
 from madbench.rate_separation import experiments as ex
 from madbench.rate_separation import figures
-from madbench.rate_separation.targets import DATASET_FOR, get_target
+from madbench.rate_separation.learned import learned_score_fns
+from madbench.rate_separation.outputs import (
+    CURVES,
+    META,
+    SLOPE_COLUMNS,
+    SLOPES,
+    STATIONARITY,
+    rate_separation_dir,
+)
+from madbench.rate_separation.targets import DATASET_FOR, get_target, resolve_dataset_name
 
-SLOPE_COLUMNS = [
-    "manifold",
-    "family",
-    "quantity",
-    "score",
-    "alpha",
-    "beta",
-    "error_type",
-    "slope",
-    "ci_low",
-    "ci_high",
-    "predicted",
-]
+PARTS = ("anatomy", "tolerance", "tempering")
+
+
+class UsageError(Exception):
+    """A bad argument: exit status 2 with this message."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -36,10 +44,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=["quick", "full"], default="quick")
     p.add_argument(
         "--parts",
-        default="anatomy,tolerance,tempering",
+        default=",".join(PARTS),
         help="comma list of anatomy, tolerance (oracle + langevin), tempering",
     )
-    p.add_argument("--manifolds", default=",".join(DATASET_FOR))
+    p.add_argument(
+        "--manifolds",
+        default=",".join(DATASET_FOR),
+        help=f"comma list of anatomy targets ({', '.join(DATASET_FOR)})",
+    )
     p.add_argument("--results", default="results", help="results root directory")
     p.add_argument(
         "--run-dir",
@@ -54,29 +66,36 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _names(text: str, known, what: str) -> list[str]:
+    """The comma list ``text``, every name checked against ``known`` (UsageError otherwise)."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    bad = [n for n in names if n not in known]
+    if bad or not names:
+        raise UsageError(f"unknown {what} {bad or text!r}; known: {', '.join(known)}")
+    return names
+
+
 def _parse_run_dirs(items: list[str]) -> dict[str, dict[str, str]]:
+    """{manifold: {kind: run_dir}} from KIND:MANIFOLD=DIR arguments (UsageError otherwise)."""
     out: dict[str, dict[str, str]] = {}
     for it in items:
-        try:
-            head, d = it.split("=", 1)
-            kind, man = head.split(":", 1)
-        except ValueError as e:
-            raise SystemExit(f"--run-dir must look like KIND:MANIFOLD=DIR, got {it!r}") from e
+        head, eq, d = it.partition("=")
+        kind, colon, man = head.partition(":")
+        if not (eq and colon and d and kind in ("dsm", "mad") and man in DATASET_FOR):
+            raise UsageError(
+                "--run-dir must look like KIND:MANIFOLD=DIR with KIND dsm or mad and MANIFOLD "
+                f"one of {', '.join(DATASET_FOR)}, got {it!r}"
+            )
         out.setdefault(man, {})[kind] = d
     return out
 
 
-def _targets(names, run_dirs, log):
-    """Anatomy targets (with learned scores attached where run dirs are given)."""
-    from madbench.rate_separation.learned import learned_score_fns
-
+def _targets(names: list[str], run_dirs: dict[str, dict[str, str]]):
+    """Anatomy targets (learned scores attached where run dirs are given), and the full learned
+    model scores per target for the tempering experiment."""
     out, full_learned = {}, {}
     for n in names:
-        try:
-            tg = get_target(n)
-        except (KeyError, ImportError, ValueError, NotImplementedError, AttributeError) as e:
-            log(f"  skip {n}: {e}")
-            continue
+        tg = get_target(n)
         if n in run_dirs:
             fns = learned_score_fns(run_dirs[n])
             tg.scores.update({k: v for k, v in fns.items() if k in ("dsm", "mad")})
@@ -88,42 +107,20 @@ def _targets(names, run_dirs, log):
 
 
 def _uniform_sampler(name: str):
-    if name == "circle":
-        return lambda n, g: _circle_uniform(n, g)
-    from madbench.data import get_dataset
-    from madbench.rate_separation.targets import resolve_dataset_name
-
-    m = get_dataset(resolve_dataset_name(name)).manifold
-    return lambda n, g: m.sample_uniform(n, generator=g)
+    """(n, generator) -> n uniform points (float64) on the manifold of target ``name``."""
+    manifold = get_dataset(resolve_dataset_name(name)).manifold
+    return lambda n, g: manifold.sample_uniform(n, generator=g).double()
 
 
-def _circle_uniform(n, g):
-    t = (2 * torch.rand(n, generator=g, dtype=torch.float64) - 1) * torch.pi
-    return torch.stack([torch.cos(t), torch.sin(t)], -1)
-
-
-def _write_csv(df: pd.DataFrame, path: Path) -> None:
-    atomic_write(path, lambda p: df.to_csv(p, index=False))
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    cfg = dataclasses.replace(ex.QUICK if args.mode == "quick" else ex.FULL, seed=args.seed)
-    parts = {p.strip() for p in args.parts.split(",") if p.strip()}
-    bad = parts - {"anatomy", "tolerance", "tempering"}
-    if bad:
-        raise SystemExit(f"unknown parts {sorted(bad)}")
-    out_dir, fig_dir = Path(args.results) / "rate_separation", Path(args.results) / "figures"
-    t0, curves, slopes, timings, checks = time.time(), [], [], {}, []
-    log = lambda m: print(m, flush=True)
-    targets, learned = _targets(args.manifolds.split(","), _parse_run_dirs(args.run_dir), log)
-    g = torch.Generator().manual_seed(args.seed)
+def _run_parts(parts, cfg, targets, learned, langevin: bool, log):
+    """Run the requested experiments: (curve rows, slope rows, stationarity rows, timings)."""
+    curves, slopes, checks, timings = [], [], [], {}
+    g = torch.Generator().manual_seed(cfg.seed)
     if "anatomy" in parts:
         for name, tg in targets.items():
             t = time.time()
             c, s = ex.run_anatomy(tg, cfg, g)
-            curves += c
-            slopes += s
+            curves, slopes = curves + c, slopes + s
             timings[f"anatomy_{name}"] = time.time() - t
             log(f"anatomy {name}: {timings[f'anatomy_{name}']:.1f}s")
     if "tolerance" in parts:
@@ -131,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         c, s = ex.run_oracle(cfg)
         curves, slopes, timings["oracle"] = curves + c, slopes + s, time.time() - t
         log(f"oracle: {timings['oracle']:.1f}s")
-        if not args.no_langevin:
+        if langevin:
             t = time.time()
             c, s, checks = ex.run_langevin_curves(cfg, log)
             curves, slopes, timings["langevin"] = curves + c, slopes + s, time.time() - t
@@ -140,17 +137,48 @@ def main(argv: list[str] | None = None) -> int:
         tt = {n: (targets[n], _uniform_sampler(n)) for n in ("circle", "s2", "so3") if n in targets}
         c, s = ex.run_tempering(tt, cfg, learned, log)
         curves, slopes, timings["tempering"] = curves + c, slopes + s, time.time() - t
+    return curves, slopes, checks, timings
+
+
+def _write(out_dir: Path, curves, slopes, checks, meta: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """curves.csv, slopes.csv, stationarity.csv (if any) and meta.json, each atomically."""
     cdf, sdf = pd.DataFrame(curves), pd.DataFrame(slopes)
     if not sdf.empty:
         sdf = sdf[SLOPE_COLUMNS + [c for c in sdf.columns if c not in SLOPE_COLUMNS]]
-    _write_csv(cdf, out_dir / "curves.csv")
-    _write_csv(sdf, out_dir / "slopes.csv")
-    if checks:
-        _write_csv(pd.DataFrame(checks), out_dir / "stationarity.csv")
+    for df, name in ((cdf, CURVES), (sdf, SLOPES), (pd.DataFrame(checks), STATIONARITY)):
+        if name != STATIONARITY or not df.empty:
+            atomic_write(out_dir / name, lambda p, df=df: df.to_csv(p, index=False))
+    atomic_write(out_dir / META, lambda p: p.write_text(json.dumps(meta, indent=1)))
+    return cdf, sdf
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the experiments and write RESULTS/rate_separation/{curves,slopes}.csv + figures.
+
+    Returns 0, or 2 after one line on stderr for a bad argument (nothing is written then)."""
+    args = _parser().parse_args(argv)
+    try:
+        parts = _names(args.parts, PARTS, "part(s)")
+        names = _names(args.manifolds, list(DATASET_FOR), "manifold(s)")
+        run_dirs = _parse_run_dirs(args.run_dir)
+    except UsageError as e:
+        print(f"madbench rate-separation: error: {e}", file=sys.stderr)
+        return 2
+    cfg = dataclasses.replace(ex.QUICK if args.mode == "quick" else ex.FULL, seed=args.seed)
+    t0 = time.time()
+    log = lambda m: print(m, flush=True)
+    targets, learned = _targets(names, run_dirs)
+    curves, slopes, checks, timings = _run_parts(
+        parts, cfg, targets, learned, not args.no_langevin, log
+    )
+    if not curves:
+        raise RuntimeError("the experiments produced no curve; nothing was written")
     timings["total"] = time.time() - t0
     meta = dict(mode=args.mode, seed=args.seed, timings_s=timings, config=str(cfg))
-    atomic_write(out_dir / "meta.json", lambda p: p.write_text(json.dumps(meta, indent=1)))
-    if not args.no_figures and not cdf.empty:
+    out_dir = rate_separation_dir(args.results)
+    cdf, sdf = _write(out_dir, curves, slopes, checks, meta)
+    if not args.no_figures:
+        fig_dir = Path(args.results) / "figures"
         figures.plot_anatomy(cdf, fig_dir)
         if not sdf.empty:
             figures.plot_tolerance(cdf, sdf, fig_dir)

@@ -231,112 +231,113 @@ def _w1_stat(ref_cdf, grid):
 
 
 def run_langevin_curves(cfg: Config, log=print):
-    """Sampled tolerance curves (two starts) with chain-bootstrap slopes; returns rows and a
-    stationarity table (max |start difference| / combined SE for dist, absolute for W1)."""
+    """Sampled tolerance curves (two starts) with chain-bootstrap slopes; returns curve rows,
+    slope rows and a stationarity table (|difference of the two starts| / combined SE for the
+    distance, absolute for W1)."""
     curves, slopes, checks = [], [], []
-    sig = cfg.langevin_sigmas
-    for a, et, b in cfg.langevin_cases:
-        c = 0.0 if et == "none" else cfg.c
-        bb = b if et != "none" else np.nan
-        per = {"data": [], "far": []}
-        orc = {"dist": [], "tv": [], "w1": []}
-        for s in sig:
-            out = tolerance_point(s, a, et, b, c, cfg.sampler, seed=cfg.seed)
-            log(
-                f"  langevin alpha={a} {et} beta={b} sigma={s:.3g}: "
-                f"{out['data']['n_steps']} steps, "
-                f"dist {out['data']['dist'].mean():.4g} (oracle {out['oracle']['dist']:.4g}), "
-                f"w1 {out['data']['w1']:.4g} (oracle {out['oracle']['w1']:.4g})"
-            )
-            for start in ("data", "far"):
-                o = out[start]
-                d = o["dist"]
-                common = dict(
-                    family="tolerance",
-                    alpha=a,
-                    beta=bb,
-                    error_type=et,
-                    c=c,
-                    sigma=s,
-                    source=f"langevin_{start}",
-                )
-                curves.append(
-                    _row(quantity="dist", value=d.mean(), se=d.std() / math.sqrt(d.size), **common)
-                )
-                curves.append(_row(quantity="tv", value=o["tv"], **common))
-                curves.append(_row(quantity="w1", value=o["w1"], **common))
-                per[start].append(o)
-            curves.append(
-                _row(
-                    family="tolerance",
-                    quantity="tv_binned",
-                    alpha=a,
-                    beta=bb,
-                    error_type=et,
-                    c=c,
-                    sigma=s,
-                    value=out["oracle"]["tv_binned"],
-                    source="oracle_binned",
-                )
-            )
-            for q in orc:
-                orc[q].append(out["oracle"][q])
-            dd, df = out["data"]["dist"], out["far"]["dist"]
-            z = abs(dd.mean() - df.mean()) / math.sqrt(dd.var() / dd.size + df.var() / df.size)
-            checks.append(
-                dict(
-                    alpha=a,
-                    error_type=et,
-                    beta=bb,
-                    sigma=s,
-                    dist_z=z,
-                    w1_diff=abs(out["data"]["w1"] - out["far"]["w1"]),
-                    dist_rel_to_oracle=dd.mean() / out["oracle"]["dist"] - 1,
-                )
-            )
-        ref_bins, ref_cdf, grid = out["ref_bins"], out["ref_cdf"], out["grid"]
-        for start, os_ in per.items():
-            osl = {q: loglog_slope(sig, v)[0] if min(v) > 0 else np.nan for q, v in orc.items()}
-            kw = dict(
-                family="tolerance",
-                alpha=a,
-                beta=bb,
-                error_type=et,
-                c=c,
-                source=f"langevin_{start}",
-                sigma_min=min(sig),
-                sigma_max=max(sig),
-            )
-            fit = bootstrap_mean_slope(sig, [o["dist"] for o in os_], cfg.n_boot, cfg.seed)
-            slopes.append(
-                _slope_row(
-                    fit.slope,
-                    fit.ci_low,
-                    fit.ci_high,
-                    predicted_slope("dist", a, b, et),
-                    quantity="dist",
-                    oracle_slope_same_sigmas=osl["dist"],
-                    **kw,
-                )
-            )
-            for q, stat in (("tv", _tv_stat(ref_bins)), ("w1", _w1_stat(ref_cdf, grid))):
-                try:
-                    fit = bootstrap_slope(
-                        sig, [o["theta"] for o in os_], stat, max(cfg.n_boot // 5, 50), cfg.seed
-                    )
-                    vals = (fit.slope, fit.ci_low, fit.ci_high)
-                except ValueError:
-                    vals = (np.nan, np.nan, np.nan)
-                slopes.append(
-                    _slope_row(
-                        *vals,
-                        predicted_slope(q, a, b, et),
-                        quantity=q,
-                        oracle_slope_same_sigmas=osl[q],
-                        **kw,
-                    )
-                )
+    for alpha, error_type, beta in cfg.langevin_cases:
+        c, s, k = _langevin_case(cfg, alpha, error_type, beta, log)
+        curves, slopes, checks = curves + c, slopes + s, checks + k
     return curves, slopes, checks
+
+
+def _langevin_case(cfg: Config, alpha: float, error_type: str, beta: float, log):
+    """Curves, slopes and checks of one (alpha, error type, beta) over cfg.langevin_sigmas."""
+    case = dict(
+        family="tolerance",
+        alpha=alpha,
+        beta=beta if error_type != "none" else np.nan,
+        error_type=error_type,
+        c=0.0 if error_type == "none" else cfg.c,
+    )
+    curves, checks = [], []
+    by_start = {"data": [], "far": []}
+    oracle = {"dist": [], "tv": [], "w1": []}
+    for sigma in cfg.langevin_sigmas:
+        point = tolerance_point(sigma, alpha, error_type, beta, case["c"], cfg.sampler, cfg.seed)
+        data, far = point["data"], point["far"]
+        log(
+            f"  langevin alpha={alpha} {error_type} beta={beta} sigma={sigma:.3g}: "
+            f"{data['n_steps']} steps, dist {data['dist'].mean():.4g} "
+            f"(oracle {point['oracle']['dist']:.4g}), w1 {data['w1']:.4g} "
+            f"(oracle {point['oracle']['w1']:.4g})"
+        )
+        curves += _langevin_point_rows(point, sigma, case)
+        for start in by_start:
+            by_start[start].append(point[start])
+        for q in oracle:
+            oracle[q].append(point["oracle"][q])
+        se2 = data["dist"].var() / data["dist"].size + far["dist"].var() / far["dist"].size
+        checks.append(
+            dict(
+                alpha=alpha,
+                error_type=error_type,
+                beta=case["beta"],
+                sigma=sigma,
+                dist_z=abs(data["dist"].mean() - far["dist"].mean()) / math.sqrt(se2),
+                w1_diff=abs(data["w1"] - far["w1"]),
+                dist_rel_to_oracle=data["dist"].mean() / point["oracle"]["dist"] - 1,
+            )
+        )
+    slopes = _langevin_slopes(cfg, case, beta, by_start, oracle, point)
+    return curves, slopes, checks
+
+
+def _langevin_point_rows(point: dict, sigma: float, case: dict) -> list[dict]:
+    """Curve rows of one sigma: dist, tv and w1 from both starts, and the binned oracle TV."""
+    rows = []
+    for start in ("data", "far"):
+        out = point[start]
+        d = out["dist"]
+        common = dict(case, sigma=sigma, source=f"langevin_{start}")
+        rows.append(_row(quantity="dist", value=d.mean(), se=d.std() / math.sqrt(d.size), **common))
+        rows.append(_row(quantity="tv", value=out["tv"], **common))
+        rows.append(_row(quantity="w1", value=out["w1"], **common))
+    rows.append(
+        _row(
+            quantity="tv_binned",
+            value=point["oracle"]["tv_binned"],
+            source="oracle_binned",
+            **dict(case, sigma=sigma),
+        )
+    )
+    return rows
+
+
+def _langevin_slopes(cfg: Config, case: dict, beta: float, by_start, oracle, last_point):
+    """Bootstrap slopes of dist (chain means), tv and w1 for both starts, with the predicted
+    slopes and the oracle's slope over the same sigmas."""
+    sig = cfg.langevin_sigmas
+    ref_bins, ref_cdf, grid = last_point["ref_bins"], last_point["ref_cdf"], last_point["grid"]
+    oracle_slope = {q: loglog_slope(sig, v)[0] if min(v) > 0 else np.nan for q, v in oracle.items()}
+    alpha, error_type = case["alpha"], case["error_type"]
+    rows = []
+    for start, outputs in by_start.items():
+        kw = dict(case, source=f"langevin_{start}", sigma_min=min(sig), sigma_max=max(sig))
+        fit = bootstrap_mean_slope(sig, [o["dist"] for o in outputs], cfg.n_boot, cfg.seed)
+        rows.append(
+            _slope_row(
+                fit.slope,
+                fit.ci_low,
+                fit.ci_high,
+                predicted_slope("dist", alpha, beta, error_type),
+                quantity="dist",
+                oracle_slope_same_sigmas=oracle_slope["dist"],
+                **kw,
+            )
+        )
+        for q, stat in (("tv", _tv_stat(ref_bins)), ("w1", _w1_stat(ref_cdf, grid))):
+            thetas = [o["theta"] for o in outputs]
+            try:
+                fit = bootstrap_slope(sig, thetas, stat, max(cfg.n_boot // 5, 50), cfg.seed)
+                vals = (fit.slope, fit.ci_low, fit.ci_high)
+            except ValueError:  # a statistic that is zero at some sigma has no log slope
+                vals = (np.nan, np.nan, np.nan)
+            pred = predicted_slope(q, alpha, beta, error_type)
+            rows.append(
+                _slope_row(*vals, pred, quantity=q, oracle_slope_same_sigmas=oracle_slope[q], **kw)
+            )
+    return rows
 
 
 def run_tempering(targets: dict, cfg: Config, extra_scores: dict | None = None, log=print):

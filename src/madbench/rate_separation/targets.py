@@ -1,4 +1,5 @@
-"""Anatomy targets: the built-in circle (self-contained closed forms) and registered datasets.
+"""Anatomy targets: registered datasets with exact scores, and the built-in circle (its closed
+forms, self-contained: an independent check of the circle dataset).
 
 ``dataset_target(name)`` wraps any registered dataset with an exact ``score`` and its manifold
 (``project``, ``to_tangent`` for Riemannian manifolds, ``base_score``); finite sets have no
@@ -10,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from madbench.data import get_dataset
 from madbench.rate_separation.anatomy import AnatomyTarget, ScoreAt
 from madbench.rate_separation.circle import (
     circle_base_score,
@@ -17,13 +19,13 @@ from madbench.rate_separation.circle import (
     vonmises_score,
 )
 
-#: anatomy name -> dataset name (the first existing of the candidates is used)
+#: anatomy target -> the registered dataset it uses
 DATASET_FOR = {
-    "circle": ("circle_vonmises",),
-    "torus": ("torus_vonmises",),
-    "s2": ("s2_vmf_mixture_4",),
-    "so3": ("so3_mf_mixture_4", "so3_mf_mixture_2", "so3_mf_mixture_8", "so3_mf_mixture_16"),
-    "discrete": ("toy",),
+    "circle": "circle_vonmises",
+    "torus": "torus_vonmises",
+    "s2": "s2_vmf_mixture_4",
+    "so3": "so3_mf_mixture_3",
+    "discrete": "toy",
 }
 
 
@@ -55,27 +57,15 @@ def builtin_circle_target(kappa: float = 4.0) -> AnatomyTarget:
 
 
 def resolve_dataset_name(anatomy_name: str) -> str:
-    """The registered dataset used for ``anatomy_name`` (clear error if none is registered)."""
-    from madbench.data import list_datasets
-
+    """The registered dataset of the anatomy target ``anatomy_name`` (KeyError listing the
+    known targets for any other name)."""
     if anatomy_name not in DATASET_FOR:
         raise KeyError(f"unknown anatomy target {anatomy_name!r}; known: {', '.join(DATASET_FOR)}")
-    have = set(list_datasets())
-    for cand in DATASET_FOR[anatomy_name]:
-        if cand in have:
-            return cand
-    so3 = sorted(d for d in have if d.startswith("so3_mf_mixture"))
-    if anatomy_name == "so3" and so3:
-        return so3[0]
-    raise KeyError(
-        f"no registered dataset for {anatomy_name!r} (tried {DATASET_FOR[anatomy_name]})"
-    )
+    return DATASET_FOR[anatomy_name]
 
 
 def dataset_target(anatomy_name: str) -> AnatomyTarget:
     """AnatomyTarget for a registered dataset with an exact score (float64 evaluation)."""
-    from madbench.data import get_dataset
-
     ds = get_dataset(resolve_dataset_name(anatomy_name))
     if not ds.has_score:
         raise ValueError(f"dataset {ds.name!r} has no exact score")
@@ -92,13 +82,8 @@ def dataset_target(anatomy_name: str) -> AnatomyTarget:
 
 
 def get_target(anatomy_name: str) -> AnatomyTarget:
-    """Registered dataset if available; the circle falls back to the built-in closed forms."""
-    try:
-        return dataset_target(anatomy_name)
-    except (KeyError, ImportError, AttributeError, NotImplementedError):
-        if anatomy_name == "circle":
-            return builtin_circle_target()
-        raise
+    """The anatomy target ``anatomy_name``: its registered dataset (``DATASET_FOR``)."""
+    return dataset_target(anatomy_name)
 
 
 def torch_generator(seed: int) -> torch.Generator:

@@ -2,7 +2,7 @@
 
 dX = sigma^alpha s(X, sigma) dt + sqrt(2) dW (0 < alpha < 2) has stationary law
 ∝ p_sigma^(sigma^alpha) ≈ exp(-sigma^(alpha-2) dist^2 / 2) p_data(proj x)^(sigma^alpha), whose
-projection is uniform up to O(sigma^alpha) (SCIENCE.md 5): the discrepancy to uniform has slope
+projection is uniform up to O(sigma^alpha) (docs/science.md 5): the discrepancy to uniform has slope
 alpha. The discrepancy is a moment MMD: with features f(x) = (x, vec(x x^T)) of the projected
 points, D^2 = |E_q f - E_U f|^2, estimated without bias (each mean's variance trace removed)
 against a large uniform reference sample; a uniform sample of the same size gives the floor.

@@ -40,7 +40,7 @@ class SamplerConfig:
 
 
 def predicted_slope(quantity: str, alpha: float, beta: float, error_type: str) -> float:
-    """SCIENCE.md 5 predictions of d log(quantity) / d log sigma as sigma -> 0.
+    """docs/science.md 5 predictions of d log(quantity) / d log sigma as sigma -> 0.
 
     dist: min(1 - alpha/2, 2 + beta) for a normal error (no concentration when beta <= -2),
     1 - alpha/2 otherwise. tv / w1 (to p_data at alpha = 0, to uniform at alpha > 0):
