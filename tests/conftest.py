@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-EARTH_MIRROR = Path(os.environ.get("MADBENCH_EARTH_DIR", REPO.parent / "shared" / "data" / "earth"))
+#: the earth-data mirror, resolved (MADBENCH_EARTH_DIR may be relative to where pytest starts)
+EARTH_MIRROR = Path(
+    os.environ.get("MADBENCH_EARTH_DIR", REPO.parent / "shared" / "data" / "earth")
+).resolve()
 
 
 @pytest.fixture(autouse=True)
@@ -32,3 +36,20 @@ def gen() -> torch.Generator:
     g = torch.Generator()
     g.manual_seed(0)
     return g
+
+
+def chrome_driver():
+    """A headless chromium with browser and network logs, or skip with the reason."""
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
+    from selenium.webdriver.chrome.service import Service
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver")
+    if not (browser and driver):
+        pytest.skip("chromium or chromedriver missing: apt-get install -y chromium chromium-driver")
+    opts = webdriver.ChromeOptions()
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
+        opts.add_argument(arg)
+    opts.binary_location = browser
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
+    return webdriver.Chrome(service=Service(driver), options=opts)

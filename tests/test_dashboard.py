@@ -8,12 +8,12 @@ missing.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import chrome_driver
 
 from madbench import aggregate as A
 from madbench.dashboard import build_dashboard
@@ -156,23 +156,6 @@ def test_dashboard_is_self_contained(results):
 # --------------------------------------------------------------------------------------------
 # In a real browser
 # --------------------------------------------------------------------------------------------
-
-
-def chrome_driver():
-    """A headless chromium with browser and network logs, or skip with the reason."""
-    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
-    from selenium.webdriver.chrome.service import Service
-
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    driver = shutil.which("chromedriver")
-    if not (browser and driver):
-        pytest.skip("chromium or chromedriver missing: apt-get install -y chromium chromium-driver")
-    opts = webdriver.ChromeOptions()
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
-        opts.add_argument(arg)
-    opts.binary_location = browser
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
-    return webdriver.Chrome(service=Service(driver), options=opts)
 
 
 @pytest.fixture(scope="module")

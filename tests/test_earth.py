@@ -7,6 +7,7 @@ download, through file:// URLs or a monkeypatched fetch function.
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 from pathlib import Path
 
@@ -140,6 +141,13 @@ def test_download_then_cache(earth_dir: Path, tmp_path: Path, monkeypatch) -> No
     monkeypatch.setattr(earth, "_fetch", _no_fetch)  # second time: from the cache
     assert earth_bytes("volcano") == data
     assert load_latlon("volcano").shape == (827, 2)
+
+
+def test_relative_mirror_path_is_resolved(earth_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(earth, "_fetch", _no_fetch)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MADBENCH_EARTH_DIR", os.path.relpath(earth_dir, tmp_path))
+    assert earth_bytes("volcano") == (earth_dir / "volerup.csv").read_bytes()
 
 
 def test_download_default_url_and_corrupt_download(earth_dir: Path, tmp_path: Path, monkeypatch):

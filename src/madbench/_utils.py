@@ -56,10 +56,25 @@ def make_generator(seed: int, device: str | torch.device = "cpu") -> torch.Gener
     return g
 
 
+def _umask() -> int:
+    """The process umask (read from /proc on Linux: setting it to read it races with threads)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
     """Call ``write(tmp_path)`` then atomically rename ``tmp_path`` onto ``path``.
 
-    A crash in ``write`` leaves any earlier file at ``path`` untouched.
+    A crash in ``write`` leaves any earlier file at ``path`` untouched. The file gets the mode
+    a plain ``open`` would give it (0666 less the umask), not mkstemp's private 0600, so a web
+    server or a colleague can read tables, dashboards and results.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -67,6 +82,7 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

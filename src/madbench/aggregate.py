@@ -13,6 +13,7 @@ mean alone).
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -21,6 +22,7 @@ import pandas as pd
 
 from madbench._utils import atomic_write
 from madbench.data import DATASETS, get_dataset
+from madbench.evaluate import TEXT_KEYS
 from madbench.rundir import RunDir, read_csv, read_json
 from madbench.stats import t_interval
 
@@ -98,11 +100,25 @@ def flatten(d: dict, prefix: str) -> dict:
     return out
 
 
+class RunFileError(ValueError):
+    """A run file holds something the tables cannot use (the message names file and value)."""
+
+
 def history_summary(run: Path) -> dict:
-    """Final loss, steps/s and wall time from history.csv (empty if there is none)."""
+    """Final loss, steps/s and wall time from history.csv (empty if there is none);
+    RunFileError naming the column and row of a non-numeric value."""
     h = read_csv(RunDir(run).history)
     if h is None:
         return {}
+    for col in h.columns:
+        bad = pd.to_numeric(h[col], errors="coerce").isna() & h[col].notna()
+        if bad.any():
+            i = int(bad.to_numpy().nonzero()[0][0])
+            raise RunFileError(
+                f"history.csv: column {col!r} has a non-numeric value {h[col].iloc[i]!r} "
+                f"in data row {i + 1}"
+            )
+    h = h.apply(pd.to_numeric)
     last = h.iloc[-1]
     out = {f"hist.{c}": float(last[c]) for c in ("step", "loss", "wall_time") if c in h}
     if "steps_per_s" in h:
@@ -124,24 +140,47 @@ def benchmark_summary(bench_root: Path | None, pattern: str) -> dict:
     return out
 
 
+def check_metrics(metrics: dict) -> None:
+    """RunFileError naming the first value of metrics.json that is text where a number (or
+    null, a non-finite value) belongs."""
+    for k, v in metrics.items():
+        if k not in TEXT_KEYS and not (v is None or isinstance(v, bool | int | float)):
+            raise RunFileError(f"metrics.json: {k!r} is {v!r}, not a number")
+
+
 def run_row(status_path: Path, bench_root: Path | None = None) -> dict:
-    """One table row: coordinates, status, run_info (info.*), history (hist.*), metrics."""
+    """One table row: coordinates, status, run_info (info.*), history (hist.*), metrics.
+
+    A run whose files the tables cannot use (no metrics.json, a non-numeric value in
+    history.csv or metrics.json, ...) keeps its row, marked failed with the reason."""
     status = read_json(status_path) or {"status": "failed", "error": "unreadable status file"}
     run = Path(status.get("run_dir", status_path.parent.parent))
     row = {k: status.get(k) for k in ("dataset", "schedule", "method", "seed")}
     row.update({k: status.get(k) for k in STATUS_COLS}, run_dir=str(run))
     row["family"] = dataset_family(str(row["dataset"]))
+    try:
+        row.update(_run_files(run, row["status"] == "ok", bench_root))
+    except Exception as e:  # one bad run must not stop the tables of every other run
+        reason = str(e) if isinstance(e, RunFileError) else f"{type(e).__name__}: {e}"
+        print(f"run {run}: marked failed: {reason}", file=sys.stderr)
+        if row["status"] == "ok":
+            row.update(status="failed", failed_stage="results", error=reason)
+    return row
+
+
+def _run_files(run: Path, ok: bool, bench_root: Path | None) -> dict:
+    """The info.*, hist.*, bench.* and metric columns of one run directory."""
     metrics = read_json(RunDir(run).metrics)
-    if row["status"] == "ok" and metrics is None:
-        row.update(status="failed", failed_stage="evaluate", error="metrics.json missing")
-    pattern = "/".join(run.parts[-4:])
-    row.update(flatten(read_json(RunDir(run).run_info) or {}, "info."))
-    row.update(history_summary(run))
-    row.update(benchmark_summary(bench_root, pattern))
+    if ok and metrics is None:
+        raise RunFileError("metrics.json missing or unreadable")
+    check_metrics(metrics or {})
+    out = flatten(read_json(RunDir(run).run_info) or {}, "info.")
+    out.update(history_summary(run))
+    out.update(benchmark_summary(bench_root, "/".join(run.parts[-4:])))
     for k, v in (metrics or {}).items():
         if k not in NON_METRIC_KEYS:
-            row[k if k not in row else f"metric.{k}"] = v
-    return row
+            out[k if k not in out and k not in COORDS + STATUS_COLS else f"metric.{k}"] = v
+    return out
 
 
 def collect_runs(
@@ -208,6 +247,13 @@ def fmt_mean_ci(mean: float, low: float, high: float) -> str:
     return f"{mean:.3g} ± {(high - low) / 2:.2g}"
 
 
+def metric_cell(r: pd.Series, n_ok: int) -> str:
+    """``fmt_mean_ci`` of a summary row, with ``(n=k)`` when fewer than the ``n_ok`` finished
+    seeds have a value for this metric (a null, i.e. non-finite, value in some seeds)."""
+    cell = fmt_mean_ci(r["mean"], r["ci_low"], r["ci_high"])
+    return cell + f" (n={int(r['n'])})" if 0 < r["n"] < n_ok else cell
+
+
 def runs_label(n_runs: int, n_failed: int) -> str:
     """'5' when every seed finished, '3/5 (2 FAILED)' otherwise."""
     return f"{n_runs}" if n_failed == 0 else f"{n_runs - n_failed}/{n_runs} ({n_failed} FAILED)"
@@ -226,11 +272,12 @@ def wide_table(summary: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
     rows = []
     for key, g in summary.groupby(keys, sort=True):
         row = dict(zip(keys, key, strict=True))
-        row["seeds"] = runs_label(int(g["n_runs"].iloc[0]), int(g["n_failed"].iloc[0]))
+        n_runs, n_failed = int(g["n_runs"].iloc[0]), int(g["n_failed"].iloc[0])
+        row["seeds"] = runs_label(n_runs, n_failed)
         by_metric = g.set_index("metric")
         for m in metrics:
             r = by_metric.loc[m] if m in by_metric.index else None
-            row[m] = "–" if r is None else fmt_mean_ci(r["mean"], r["ci_low"], r["ci_high"])
+            row[m] = "–" if r is None else metric_cell(r, n_runs - n_failed)
         rows.append(row)
     # One noise-floor row per dataset and schedule: what a perfect model scores (metrics.json's
     # floor_<metric>, the same for every method of a dataset and seed).

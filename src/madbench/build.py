@@ -31,10 +31,12 @@ def build_schedule(cfg: TrainConfig) -> Schedule:
 
 
 def build_dataset(cfg: TrainConfig) -> Dataset:
-    """The dataset ``cfg.dataset``; empirical ones train on split (cfg.split, cfg.seed)."""
+    """The dataset ``cfg.dataset``; empirical ones train on split (cfg.split, cfg.seed), which is
+    made here: their files are read and verified before anything is written."""
     ds = get_dataset(cfg.dataset)
     if ds.empirical:
         ds.split_kind, ds.split_seed = cfg.split, cfg.seed
+        ds.split_indices(cfg.split, cfg.seed)
     return ds
 
 

@@ -7,13 +7,16 @@
     madbench evaluate --run RUN_DIR --out FILE.json
     madbench rate-separation [ARGS ...]
 
-Exit status: 0 on success, 2 for a bad name, key or value (the message lists what is known),
-1 for a failure while running (non-finite loss, unreadable run directory, ...).
+Exit status: 0 on success; 2 for bad input: a bad name, key or value, an --out that cannot be
+written (one line naming it; nothing is done); 1 for a failure while running (non-finite loss,
+unreadable or corrupted run directory, a run directory in use by another process, earth data
+that cannot be had, a file the system refuses), also one line, with earlier results intact.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -117,6 +120,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     if args.device is not None:
         cfg.device = args.device
     cfg = apply_overrides(cfg, args.set)
+    _check_writable_dir(args.out)
     progress = False if args.no_progress else None
     summary = train(cfg, args.out, overwrite=args.overwrite, progress=progress)
     print(f"trained {cfg.method} on {cfg.dataset} to step {summary['step']}: {args.out}")
@@ -126,13 +130,14 @@ def cmd_sample(args: argparse.Namespace) -> None:
     import torch
 
     from madbench._utils import make_generator
+    from madbench.evaluate import EvaluationError
     from madbench.runs import load_run
+    from madbench.sampling import sample, save_samples
 
     if args.n < 1 or args.steps < 1:
         raise UsageError(f"--n and --steps must be >= 1, got {args.n} and {args.steps}")
+    _check_writable_file(args.out)
     run = load_run(args.run, device=args.device)
-    from madbench.sampling import sample, save_samples
-
     seed = run.cfg.seed if args.seed is None else args.seed
     gen = make_generator(seed, run.device)
     t0 = time.perf_counter()
@@ -140,6 +145,12 @@ def cmd_sample(args: argparse.Namespace) -> None:
         out = sample(run.method, args.n, sampler=args.sampler, steps=args.steps, generator=gen)
     wall = time.perf_counter() - t0
     raw, proj = out["raw"].detach().cpu(), out["projected"].detach().cpu()
+    if not torch.isfinite(raw).all():
+        bad = int((~torch.isfinite(raw)).any(-1).sum())
+        raise EvaluationError(
+            f"{bad} of {args.n} samples of {args.run} are not finite (diverged weights?); "
+            "nothing written"
+        )
     dist = run.method.manifold.distance_to_manifold(raw.double())
     save_samples(
         args.out,
@@ -155,6 +166,24 @@ def cmd_sample(args: argparse.Namespace) -> None:
         f"{args.n} samples of {run.method.name} in {wall:.2f} s -> {args.out} "
         f"(mean distance to M before projection {float(dist.mean()):.3g})"
     )
+
+
+def _check_writable_file(path: Path) -> None:
+    """UsageError unless ``path`` can be written as a file (before any work is done)."""
+    if path.is_dir():
+        raise UsageError(f"--out {path} is a directory; give a file name")
+    parent = path.parent if str(path.parent) else Path(".")
+    if parent.exists() and not os.access(parent, os.W_OK):
+        raise UsageError(f"--out {path}: directory {parent} is not writable")
+
+
+def _check_writable_dir(path: Path) -> None:
+    """UsageError unless ``path`` is (or can be made) a writable directory."""
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"--out {path} is a file, not a run directory")
+    existing = next((p for p in (path, *path.parents) if p.exists()), Path("."))
+    if not os.access(existing, os.W_OK):
+        raise UsageError(f"--out {path}: directory {existing} is not writable")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -190,8 +219,9 @@ def main(argv: list[str] | None = None) -> int:
         "sample": cmd_sample,
         "evaluate": cmd_evaluate,
     }
+    from madbench.data.earth import EarthDataError
     from madbench.evaluate import EvaluationError
-    from madbench.rundir import RunLoadError
+    from madbench.rundir import RunLoadError, RunLockedError
     from madbench.training import NonFiniteLossError
 
     try:
@@ -203,8 +233,12 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(args.command, msg, 2)
     except (ConfigError, UsageError) as e:
         return _fail(args.command, str(e), 2)
-    except (RunLoadError, NonFiniteLossError, EvaluationError) as e:
+    except (RunLoadError, RunLockedError, NonFiniteLossError, EvaluationError) as e:
         return _fail(args.command, str(e), 1)
+    except EarthDataError as e:
+        return _fail(args.command, f"earth data: {e}", 1)
+    except OSError as e:  # a file or directory the system refuses (permissions, disk full, ...)
+        return _fail(args.command, f"{e.strerror or e}: {e.filename or ''}".rstrip(": "), 1)
     return 0
 
 

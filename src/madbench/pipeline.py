@@ -12,11 +12,15 @@ from __future__ import annotations
 import fnmatch
 import functools
 import itertools
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pandas as pd
 
+from madbench.config import ConfigError, TrainConfig, apply_overrides
 from madbench.data import get_dataset, list_datasets
 from madbench.methods import get_method, list_methods
 from madbench.schedules import list_schedules
@@ -114,3 +118,42 @@ def run_settings(cfg: dict[str, Any], dataset: str, schedule: str, method: str) 
             steps = o.get("steps", steps)
             pairs.update(o.get("set", {}))
     return steps, pairs
+
+
+def evaluate_overrides(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The evaluation settings of config key ``sample`` (madbench evaluate --set ...)."""
+    s = cfg["sample"]
+    names = {"n": "n_samples", "steps": "sample_steps", "sampler": "sampler"}
+    return {names[k]: v for k, v in s.items() if k in names}
+
+
+def check_runs(cfg: dict[str, Any], grid: pd.DataFrame) -> None:
+    """Build and check the training config and the evaluation settings of every grid cell, so
+    that a misspelled ``train.set`` key, a bad value, an unknown schedule parameter or sampler is
+    an error before any job runs (ValueError naming the key and the run)."""
+    for d, s, m in grid[["dataset", "schedule", "method"]].drop_duplicates().itertuples(False):
+        steps, pairs = run_settings(cfg, d, s, m)
+        run = f"run dataset={d} schedule={s} method={m}"
+        try:
+            tc = TrainConfig(dataset=d, method=m, schedule=s, steps=steps)
+            tc = apply_overrides(tc, [f"{k}={v}" for k, v in pairs.items()])
+        except ConfigError as e:
+            raise ValueError(
+                f"{run}: {e} (set by train.set, train.overrides or schedule_params)"
+            ) from None
+        try:
+            tc.eval_settings(evaluate_overrides(cfg))
+        except ConfigError as e:
+            raise ValueError(f"{run}: {e} (set by config key 'sample')") from None
+
+
+@contextmanager
+def rule_log(path: str | Path) -> Iterator[IO[str]]:
+    """stdout and stderr of a rule's script into its log file; an exception's traceback is
+    written there before it propagates, so the log of a failed rule says why."""
+    with open(path, "w") as log, redirect_stdout(log), redirect_stderr(log):
+        try:
+            yield log
+        except BaseException:
+            traceback.print_exc(file=log)
+            raise

@@ -20,9 +20,16 @@ run; readers of what a run needs to go on (the checkpoint) raise :class:`RunLoad
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
+import os
 import pickle
+import socket
+import time
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,11 +56,19 @@ RUN_FILES = (CONFIG, LOG, RUN_INFO, METRICS, HISTORY, PROBES, SAMPLES, SCORE_ERR
 TRAINING_FILES = (CHECKPOINT, HISTORY, PROBES, NO_WEIGHTS, LOG)
 HISTORY_COLUMNS = ("step", "loss", "lr", "steps_per_s", "wall_time")
 CHECKPOINT_KEYS = ("step", "config", "model", "ema", "optimizer", "lr_scheduler", "rng")
-CHECKPOINT_FORMAT = 1
+#: 2: with a sha256 of its content (format 1, without one, is read unverified)
+CHECKPOINT_FORMAT = 2
+LOCK = ".lock"
+#: what a run derives from its config: a fresh start with another config removes all of it
+DERIVED_FILES = TRAINING_FILES + (RUN_INFO, METRICS, SAMPLES, SCORE_ERROR)
 
 
 class RunLoadError(RuntimeError):
     """A run directory cannot be loaded (the message names the file)."""
+
+
+class RunLockedError(RuntimeError):
+    """Another madbench process works on this run directory or output (the message says who)."""
 
 
 def _file(name: str) -> property:
@@ -85,6 +100,26 @@ class RunDir:
     def status(self, stage: str) -> Path:
         """The pipeline's status file of ``stage`` (train, evaluate)."""
         return self.path / STATUS / f"{stage}.json"
+
+
+def evaluation_files(out: str | Path) -> dict[str, Path]:
+    """What ``madbench evaluate --out OUT`` writes: the metrics at OUT, and beside it the samples
+    and the score-error curve, named by OUT: ``samples.npz`` and ``score_error.csv`` for a run
+    directory's own ``metrics.json``, ``<stem>.samples.npz`` and ``<stem>.score_error.csv``
+    for any other name (so two evaluations never share a file)."""
+    out = Path(out)
+    if out.name == METRICS:
+        return {
+            "metrics": out,
+            "samples": out.with_name(SAMPLES),
+            "score_error": out.with_name(SCORE_ERROR),
+        }
+    stem = out.name[: -len(out.suffix)] if out.suffix else out.name
+    return {
+        "metrics": out,
+        "samples": out.with_name(f"{stem}.{SAMPLES}"),
+        "score_error": out.with_name(f"{stem}.{SCORE_ERROR}"),
+    }
 
 
 # ---------------------------------------------------------------------- json and csv
@@ -134,22 +169,50 @@ def truncate_rows(path: Path, step: int) -> None:
 
 
 # ---------------------------------------------------------------------- checkpoints
+def content_digest(obj: Any) -> str:
+    """sha256 of a checkpoint's content: every tensor's dtype, shape and bytes and every other
+    value's repr, dict keys in sorted order (stable under save and load)."""
+    h = hashlib.sha256()
+    _feed(h, obj)
+    return h.hexdigest()
+
+
+def _feed(h, obj: Any) -> None:
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().cpu().contiguous()
+        h.update(f"tensor {t.dtype} {tuple(t.shape)};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    elif isinstance(obj, dict):
+        h.update(f"dict {len(obj)};".encode())
+        for k in sorted(obj, key=repr):
+            h.update(f"{k!r}:".encode())
+            _feed(h, obj[k])
+    elif isinstance(obj, list | tuple):
+        h.update(f"seq {len(obj)};".encode())
+        for v in obj:
+            _feed(h, v)
+    else:
+        h.update(f"{obj!r};".encode())
+
+
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """torch.save ``state`` (with its format number) to ``path``, atomically."""
+    """torch.save ``state`` with its format number and the sha256 of its content, atomically."""
     state = {"format": CHECKPOINT_FORMAT, **state}
+    state["sha256"] = content_digest(state)
     atomic_write(path, lambda p: torch.save(state, p))
 
 
 def read_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint (tensors only: ``weights_only``), with RunLoadError naming the file
-    if it is missing, corrupted, truncated or incomplete."""
+    """Load a checkpoint (tensors only: ``weights_only``) and verify its sha256, with
+    RunLoadError naming the file if it is missing, corrupted, truncated or incomplete (torch
+    does not check the zip's CRC: a flipped byte inside a tensor loads silently otherwise)."""
     path = Path(path)
     if not path.is_file():
         raise RunLoadError(
             f"checkpoint {path} not found (training never reached its first checkpoint?)"
         )
     try:
-        ck = torch.load(path, map_location=device, weights_only=True)
+        ck = torch.load(path, map_location="cpu", weights_only=True)
     except (
         RuntimeError,
         EOFError,
@@ -164,4 +227,51 @@ def read_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dic
     missing = [k for k in CHECKPOINT_KEYS if not isinstance(ck, dict) or k not in ck]
     if missing:
         raise RunLoadError(f"checkpoint {path} is incomplete: missing {', '.join(missing)}")
-    return ck
+    stored = ck.pop("sha256", None)
+    if stored is not None and stored != content_digest(ck):
+        raise RunLoadError(
+            f"checkpoint {path} is corrupted: its content does not match its sha256 (a changed "
+            "byte); delete it to train again from the last good state, or from scratch"
+        )
+    return _to_device(ck, torch.device(device))
+
+
+def _to_device(obj: Any, device: torch.device) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, dict):
+        return {k: _to_device(v, device) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(_to_device(v, device) for v in obj)
+    return obj
+
+
+# ---------------------------------------------------------------------- locks
+@contextmanager
+def lock(directory: str | Path, *, exclusive: bool, what: str, name: str = LOCK) -> Iterator[None]:
+    """Hold the lock file ``directory/name`` while the block runs: exclusive for a writer
+    (``madbench train``, an evaluation output), shared for readers. A conflict is
+    RunLockedError naming the holder; the lock goes with the process (kill -9 included)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    fh = open(directory / name, "a+")
+    try:
+        fcntl.flock(fh, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.seek(0)
+        holder = fh.read().strip() or "a process reading it"
+        fh.close()
+        raise RunLockedError(
+            f"{directory} is in use by another madbench process ({holder}); wait for it to end"
+        ) from None
+    try:
+        if exclusive:
+            fh.seek(0)
+            fh.truncate()
+            fh.write(f"pid {os.getpid()} on {socket.gethostname()}: {what}, since {time.ctime()}\n")
+            fh.flush()
+        yield
+    finally:
+        if exclusive:
+            fh.truncate(0)
+        fh.close()

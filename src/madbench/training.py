@@ -30,6 +30,7 @@ import math
 import os
 import platform
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -46,25 +47,31 @@ from tqdm import tqdm
 import madbench
 from madbench._utils import atomic_write, make_generator
 from madbench.build import build_run, resolve_device
-from madbench.config import ConfigError, TrainConfig, dump_config
+from madbench.config import ConfigError, TrainConfig, dump_config, load_config
 from madbench.data import Dataset
-from madbench.methods import Method
+from madbench.methods import Method, get_method
 from madbench.metrics import distribution_metrics
 from madbench.rundir import (
-    CHECKPOINT,
+    DERIVED_FILES,
     HISTORY_COLUMNS,
     LOG,
     NO_WEIGHTS,
+    RUN_FILES,
+    STATUS,
     TRAINING_FILES,
     RunDir,
     append_row,
+    lock,
     read_checkpoint,
+    read_json,
     save_checkpoint,
     truncate_rows,
     write_json,
 )
 from madbench.sampling import sample
 
+#: every file name that marks a directory as a run directory
+RUN_FILES_ALL = frozenset(RUN_FILES + DERIVED_FILES + (STATUS,))
 #: config keys that may differ between a checkpoint and the run that resumes it
 RESUMABLE_KEYS = (
     "device",
@@ -369,26 +376,68 @@ def _check_finite(losses: list[Tensor], first_step: int, cfg: TrainConfig) -> li
     return vals
 
 
+def _check_finite_parameters(st: TrainState, cfg: TrainConfig) -> None:
+    """NonFiniteLossError when an update (the last one included, which no loss has seen yet)
+    left a parameter NaN or infinite."""
+    params = list(st.method.net.parameters())
+    if not bool(torch.stack([p.isfinite().all() for p in params]).all()):
+        raise NonFiniteLossError(
+            f"non-finite network parameters after step {st.step} of method {cfg.method!r} on "
+            f"dataset {cfg.dataset!r} (schedule {cfg.schedule!r}); try a lower lr or a "
+            "stronger grad_clip"
+        )
+
+
 # ---------------------------------------------------------------------- the run
-def _start_or_resume(cfg: TrainConfig, out: Path, overwrite: bool) -> dict[str, Any] | None:
-    """The checkpoint to resume from (None: fresh start; stale files of a fresh start removed)."""
-    ck_path = out / CHECKPOINT
-    if ck_path.exists() and not overwrite:
-        ck = read_checkpoint(ck_path, "cpu")
-        try:  # the checkpoint's config as this version reads it: moved keys, new defaults
-            trained = TrainConfig.from_dict(ck["config"]).to_dict()
+def _start_or_resume(cfg: TrainConfig, run: RunDir, overwrite: bool) -> dict[str, Any] | None:
+    """The checkpoint to resume from, or None for a fresh start (whose stale files are removed).
+
+    A directory that holds another run (its config.yaml or checkpoint differs in a key that
+    changes the result, or run files without a config) is refused unless ``overwrite``, which
+    removes every file derived from a config first."""
+    if overwrite:
+        _remove(run, DERIVED_FILES)
+        shutil.rmtree(run / STATUS, ignore_errors=True)
+        return None
+    ck = read_checkpoint(run.checkpoint, "cpu") if run.checkpoint.exists() else None
+    other = _other_run(cfg, run, ck)
+    if other:
+        present = ", ".join(sorted(p.name for p in run.path.iterdir() if p.name in RUN_FILES_ALL))
+        raise ConfigError(
+            f"{run.path} holds another run ({other}; files: {present}); use another --out "
+            "directory, or --overwrite to remove them"
+        )
+    if ck is None:  # a fresh start: nothing trained before may stay beside it
+        _remove(run, TRAINING_FILES if not cfg_is_trainable(cfg) else DERIVED_FILES)
+    return ck
+
+
+def _other_run(cfg: TrainConfig, run: RunDir, ck: dict[str, Any] | None) -> str | None:
+    """Why ``run`` (with checkpoint ``ck``) holds another run than ``cfg`` (None if it is the
+    same run, or empty). Configs are compared as this version reads them (moved keys, new
+    keys at their defaults) in the keys that change the result."""
+    sources = [("config.yaml", run.config)] if run.config.exists() else []
+    sources += [("the checkpoint", ck["config"])] if ck is not None else []
+    for label, source in sources:
+        try:
+            other = load_config(source) if label == "config.yaml" else TrainConfig.from_dict(source)
         except ConfigError as e:
-            raise ConfigError(f"{ck_path}: its config cannot be read: {e}") from e
-        diff = config_differences(trained, cfg.to_dict())
+            return f"{label} cannot be read: {e}"
+        diff = config_differences(other.to_dict(), cfg.to_dict())
         if diff:
-            raise ConfigError(
-                f"{ck_path} was trained with a different config (keys: {', '.join(diff)}); "
-                "use another --out directory or --overwrite"
-            )
-        return ck
-    for name in TRAINING_FILES:
-        (out / name).unlink(missing_ok=True)
+            return f"{label} differs in {', '.join(diff)}"
+    if not run.config.exists() and any((run / n).exists() for n in DERIVED_FILES):
+        return "run files without a config.yaml"
     return None
+
+
+def cfg_is_trainable(cfg: TrainConfig) -> bool:
+    return get_method(cfg.method).trainable
+
+
+def _remove(run: RunDir, names: tuple[str, ...]) -> None:
+    for name in names:
+        (run / name).unlink(missing_ok=True)
 
 
 def _run_info(cfg: TrainConfig, method: Method, device: torch.device, **extra: Any) -> dict:
@@ -422,34 +471,48 @@ def train(
 
     ``progress``: tqdm bar (default: when stderr is a terminal; otherwise plain log lines on
     stderr). ``stop_after``: return after that many total steps without a final checkpoint,
-    as a killed run would (for resume tests).
+    as a killed run would (for resume tests). The run directory is locked while training
+    (a second process on it is refused with RunLockedError), and nothing is created before
+    the config, the device and the method are known to be good.
     """
     cfg.validate()
-    run = RunDir(out_dir)
-    run.path.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.device)
     method = build_run(cfg, device)
-    ck = _start_or_resume(cfg, run.path, overwrite)
-    dump_config(cfg, run.config)
-    tty = sys.stderr.isatty() if progress is None else progress
-    with run_logger(run.path, echo=not tty) as log:
-        log.info(
-            f"madbench train: method {cfg.method} dataset {cfg.dataset} schedule "
-            f"{method.schedule!r} seed {cfg.seed} device {device} ({device_name(device)})"
-        )
-        log.info(f"score network: {method.n_parameters:,} parameters")
-        if tty:
-            print(f"{cfg.method}: {method.n_parameters:,} parameters", file=sys.stderr)
-        if not method.trainable:
-            return _no_weights(cfg, method, device, run, log)
-        if ck is not None and int(ck["step"]) == cfg.steps:
-            log.info(f"{run.checkpoint} is already at step {cfg.steps}: nothing to do")
-            return {"step": cfg.steps, "n_parameters": method.n_parameters, "out": str(run.path)}
-        return _train_weights(cfg, method, device, run, ck, log, tty, stop_after)
+    run = RunDir(out_dir)
+    if run.path.exists() and not run.path.is_dir():
+        raise ConfigError(f"--out {run.path} is a file, not a run directory")
+    with lock(run.path, exclusive=True, what=f"madbench train {cfg.method} on {cfg.dataset}"):
+        ck = _start_or_resume(cfg, run, overwrite)
+        dump_config(cfg, run.config)
+        tty = sys.stderr.isatty() if progress is None else progress
+        with run_logger(run.path, echo=not tty) as log:
+            log.info(
+                f"madbench train: method {cfg.method} dataset {cfg.dataset} schedule "
+                f"{method.schedule!r} seed {cfg.seed} device {device} ({device_name(device)})"
+            )
+            log.info(f"score network: {method.n_parameters:,} parameters")
+            if tty:
+                print(f"{cfg.method}: {method.n_parameters:,} parameters", file=sys.stderr)
+            if not method.trainable:
+                return _no_weights(cfg, method, device, run, log)
+            if ck is not None and int(ck["step"]) == cfg.steps:
+                return _already_done(cfg, method, device, run, log)
+            return _train_weights(cfg, method, device, run, ck, log, tty, stop_after)
+
+
+def _already_done(cfg: TrainConfig, method: Method, device, run: RunDir, log) -> dict[str, Any]:
+    """A rerun of a finished run: nothing to train; run_info says complete (a kill between the
+    last checkpoint and the status write left it at running)."""
+    log.info(f"{run.checkpoint} is already at step {cfg.steps}: nothing to do")
+    info = read_json(run.run_info) or _run_info(cfg, method, device)
+    if info.get("status") != "complete":
+        write_json(run.run_info, {**info, "status": "complete"})
+    return {"step": cfg.steps, "n_parameters": method.n_parameters, "out": str(run.path)}
 
 
 def _train_weights(cfg, method, device, run: RunDir, ck, log, tty, stop_after) -> dict[str, Any]:
-    """Resume from ``ck`` (if any), run the loop, write run_info before and after."""
+    """Resume from ``ck`` (if any), run the loop, write run_info before and after (status
+    failed, with the error, when the loop raises; the error also goes to train.log)."""
     st = make_state(cfg, method, device)
     if ck is not None:
         restore_state(st, ck)
@@ -461,6 +524,10 @@ def _train_weights(cfg, method, device, run: RunDir, ck, log, tty, stop_after) -
     wb = WandbLogger(cfg, run.path)
     try:
         summary = _loop(cfg, st, run, log, tty, stop_after, wb)
+    except Exception as e:
+        log.error(f"training failed at step {st.step}: {type(e).__name__}: {e}")
+        write_json(run.run_info, {**info, "status": "failed", "error": str(e), "step": st.step})
+        raise
     finally:
         wb.finish()
     info.update(
@@ -546,6 +613,7 @@ def _boundary(cfg, st: TrainState, run: RunDir, w: _Window, is_probe: bool, log,
     now = time.perf_counter()
     st.elapsed += now - w.time
     vals = _check_finite(w.losses, st.step - len(w.losses) + 1, cfg)
+    _check_finite_parameters(st, cfg)
     w.last = sum(vals) / len(vals)
     sps = (st.step - w.step) / max(now - w.time, 1e-9)
     lr = st.optimizer.param_groups[0]["lr"]

@@ -13,7 +13,14 @@ from snakemake.utils import Paramspace, validate
 
 from madbench.aggregate import dataset_family
 from madbench.figures import RUN_FIGURES as RUN_FIGURE_FUNCTIONS
-from madbench.pipeline import build_grid, check_names, check_ranges, run_settings
+from madbench.pipeline import (
+    build_grid,
+    check_names,
+    check_ranges,
+    check_runs,
+    evaluate_overrides,
+    run_settings,
+)
 from madbench.rate_separation.outputs import FIGURES as RS_FIGURE_NAMES
 
 
@@ -39,6 +46,7 @@ def log_excluded(excluded):
 
 
 GRID, EXCLUDED = build_grid(config)
+check_runs(config, GRID)  # every run's training config and evaluation settings, before any job
 log_excluded(EXCLUDED)
 RUNS = Paramspace(GRID)
 RUN = f"{RESULTS}/runs/{RUNS.wildcard_pattern}"
@@ -74,10 +82,8 @@ def evaluate_cmd(wildcards):
     samples.npz into the run directory; config `sample` sets the evaluation's sampler."""
     run = run_dir(wildcards)
     argv = [MADBENCH, "evaluate", "--run", run, "--out", f"{run}/metrics.json"]
-    s = config["sample"]
-    for key, name in (("n", "n_samples"), ("steps", "sample_steps"), ("sampler", "sampler")):
-        if key in s:
-            argv += ["--set", f"{name}={s[key]}"]
+    for name, value in evaluate_overrides(config).items():
+        argv += ["--set", f"{name}={value}"]
     return shlex.join(argv)
 
 

@@ -1,17 +1,16 @@
 """Thin wrapper: the tables of results/tables from every run's status (madbench.aggregate)."""
 
-import sys
 from pathlib import Path
 
 import pandas as pd
 
 from madbench.aggregate import write_tables
+from madbench.pipeline import rule_log
 
 
 def main(smk) -> None:
     """Write the tables named in the aggregate rule's outputs; log to the rule's log."""
-    with open(smk.log[0], "w") as log:
-        sys.stderr = sys.stdout = log
+    with rule_log(smk.log[0]):
         cols = ["dataset", "schedule", "method", "reason"]
         excluded = pd.DataFrame(smk.params.excluded, columns=cols)
         out_dir = Path(smk.output.runs).parent

@@ -1,15 +1,14 @@
 """Thin wrapper: draw one figure (madbench.figures) named by the rule's output."""
 
-import sys
 from pathlib import Path
 
 from madbench import figures
+from madbench.pipeline import rule_log
 
 
 def main(smk) -> None:
     """toy_fields from the library; every other figure from runs.csv."""
-    with open(smk.log[0], "w") as log:
-        sys.stderr = sys.stdout = log
+    with rule_log(smk.log[0]):
         name = Path(smk.output.png).stem
         if name == "toy_fields":
             figures.toy_fields(smk.output.png, smk.output.pdf)

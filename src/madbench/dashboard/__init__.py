@@ -20,6 +20,7 @@ import math
 import os
 from importlib import resources
 from pathlib import Path
+from urllib.parse import quote
 
 import pandas as pd
 
@@ -50,6 +51,17 @@ def clean(value):
     except (TypeError, ValueError):
         pass
     return value
+
+
+def script_safe_json(text: str) -> str:
+    """JSON text that no data string can end or open an HTML element in: ``<``, ``>`` and ``&``
+    become the JSON escapes \\u003c, \\u003e, \\u0026 (same value once parsed)."""
+    return text.replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e")
+
+
+def _attr(url: str) -> str:
+    """A relative URL as an HTML attribute value: percent-encoded path, then HTML-escaped."""
+    return html.escape(quote(url, safe="/~.-_"), quote=True)
 
 
 def rel(path: Path, start: Path) -> str:
@@ -139,10 +151,11 @@ def figure_section(figures_dir: Path, page_dir: Path) -> str:
     items = []
     for png in sorted(Path(figures_dir).glob("*.png")):
         pdf = png.with_suffix(".pdf")
-        link = f' (<a href="{rel(pdf, page_dir)}">PDF</a>)' if pdf.exists() else ""
+        link = f' (<a href="{_attr(rel(pdf, page_dir))}">PDF</a>)' if pdf.exists() else ""
+        name = html.escape(png.stem)
         items.append(
-            f'<figure><img src="{rel(png, page_dir)}" alt="{png.stem}" loading="lazy">'
-            f"<figcaption>{png.stem}{link}</figcaption></figure>"
+            f'<figure><img src="{_attr(rel(png, page_dir))}" alt="{name}" loading="lazy">'
+            f"<figcaption>{name}{link}</figcaption></figure>"
         )
     return "\n".join(items) or "<p>No figures yet.</p>"
 
@@ -150,7 +163,9 @@ def figure_section(figures_dir: Path, page_dir: Path) -> str:
 def table_links(tables_dir: Path, page_dir: Path) -> str:
     """A list of links to every table file (CSV, Markdown, LaTeX)."""
     files = sorted(p for p in Path(tables_dir).glob("*") if p.suffix in (".csv", ".md", ".tex"))
-    return " · ".join(f'<a href="{rel(p, page_dir)}">{p.name}</a>' for p in files)
+    return " · ".join(
+        f'<a href="{_attr(rel(p, page_dir))}">{html.escape(p.name)}</a>' for p in files
+    )
 
 
 def page_data(runs: pd.DataFrame, results: Path, page_dir: Path) -> dict:
@@ -181,7 +196,7 @@ def build_dashboard(
     page = _static("page.html").format(
         css=_static("dashboard.css"),
         js=_static("dashboard.js"),
-        data=data.replace("</", "<\\/"),
+        data=script_safe_json(data),
         n_runs=len(runs),
         n_failed=n_failed,
         failed_class="bad" if n_failed else "good",

@@ -94,7 +94,8 @@ def earth_bytes(name: str, earth_dir: str | Path | None = None, base_url: str = 
     spec = EARTH_FILES[name]
     mirror = earth_dir if earth_dir is not None else os.environ.get("MADBENCH_EARTH_DIR")
     if mirror:
-        path = Path(mirror) / spec.filename
+        mirror = Path(mirror).expanduser().resolve()  # a relative path is one from the cwd
+        path = mirror / spec.filename
         if not path.is_file():
             raise EarthDataError(
                 f"earth data file {spec.filename} not found in mirror {mirror} (expected {path}, "
