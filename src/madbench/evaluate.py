@@ -16,10 +16,13 @@ Conventions
 from __future__ import annotations
 
 import math
+import os
 import platform
 import resource
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,18 +33,49 @@ from torch import Tensor
 
 from madbench import metrics as M
 from madbench._utils import atomic_write, make_generator
-from madbench.config import EvalSettings
+from madbench.config import ConfigError, EvalSettings
 from madbench.likelihood import (
     ambient_log_likelihood,
+    gaussian_mixture_log_prob,
+    heat_kernel_mixture_log_prob,
+    heat_time_range,
     infer_score_dtype,
     intrinsic_log_likelihood,
     on_manifold_log_likelihood,
     ve_score,
 )
-from madbench.rundir import RunDir, read_csv, read_json, write_json
+from madbench.rundir import (
+    METRICS,
+    RunDir,
+    RunLoadError,
+    evaluation_files,
+    lock,
+    read_csv,
+    read_json,
+    write_json,
+)
 from madbench.runs import Run, load_run
 from madbench.sampling import sample, save_samples
 
+#: keys of metrics.json whose values are text (every other value is a number, a bool or null)
+TEXT_KEYS = frozenset(
+    {
+        "dataset",
+        "method",
+        "schedule",
+        "manifold",
+        "device",
+        "device_name",
+        "git_commit",
+        "torch_version",
+        "python",
+        "nll_solver",
+        "nll_convention",
+        "nll_kind",
+        "nll_prior",
+        "normalisation_method",
+    }
+)
 NORMALISATION_TOLERANCE = 0.05
 #: finite sets with at most this many atoms get the exact normalisation sum over atoms
 MAX_NORMALISATION_ATOMS = 64
@@ -145,35 +179,127 @@ def normalisation_points(manifold, n: int, seed: int, dataset=None) -> tuple[Ten
     return x, torch.full((n,), vol / n, dtype=torch.float64), "uniform Monte Carlo"
 
 
-def log_likelihoods(method, x: Tensor, settings: EvalSettings) -> tuple[Tensor, dict]:
-    """On-manifold log density (Frobenius volume) at points x of M, and solver info.
+#: centres of the mixture estimate of the ODE's end-point density (synthetic data)
+N_PRIOR_CENTRES = 2048
+#: test points of a synthetic law's NLL when ``n_nll`` is not set
+N_NLL_SYNTHETIC = 256
 
-    Intrinsic methods: the Riemannian probability-flow ODE. Ambient methods: the ambient
-    probability-flow ODE at t_min plus (codim / 2) log(2 pi sigma_min^2) (docs/science.md 4),
-    and for discrete sets the same with codim = D, giving log p(atom).
+
+@dataclass
+class EndPointPrior:
+    """The density at the far end of the probability-flow ODE (sigma_max, or heat time tau_max
+    for RSGM): exact where the dataset has its noised density, else a mixture over data points
+    (a consistent estimate) whose standard errors are collected in ``ses``."""
+
+    log_prob: Callable[[Tensor], Tensor]
+    label: str
+    ses: list[Tensor] = field(default_factory=list)
+
+    @property
+    def se(self) -> float:
+        """Mean standard error (nats) of the estimated log densities so far (0 if exact)."""
+        return float(torch.cat(self.ses).mean()) if self.ses else 0.0
+
+
+def prior_centres(dataset, seed: int, split: str) -> Tensor:
+    """Data points for the mixture estimate: the train split (empirical data), else
+    N_PRIOR_CENTRES fresh samples (seeded)."""
+    if dataset.empirical:
+        return dataset.split(split, seed)["train"].double()
+    return dataset.sample(N_PRIOR_CENTRES, generator=make_generator(seed + 9000)).double()
+
+
+def end_point_prior(method, dataset, seed: int, split: str) -> EndPointPrior:
+    """The end-point density of ``method``'s likelihood ODE (see :class:`EndPointPrior`)."""
+    sched, man = method.schedule, method.manifold
+    if not method.intrinsic and dataset.has_log_prob_noised:
+        s_max = sched.sigma_max
+        return EndPointPrior(lambda y: dataset.log_prob_noised(y, s_max), "exact p_sigma_max")
+    centres = prior_centres(dataset, seed, split)
+    prior = EndPointPrior(lambda y: y, f"mixture over {len(centres)} data points")
+    if method.intrinsic:
+        tau_max = heat_time_range(sched)[1]
+
+        def log_prob(x: Tensor) -> Tensor:
+            lp, se = heat_kernel_mixture_log_prob(man, x, centres.to(x.device), tau_max)
+            prior.ses.append(se.cpu())
+            return lp
+    else:
+
+        def log_prob(y: Tensor) -> Tensor:
+            lp, se = gaussian_mixture_log_prob(y, centres.to(y.device), sched.sigma_max)
+            prior.ses.append(se.cpu())
+            return lp
+
+    prior.log_prob = log_prob
+    return prior
+
+
+def nll_level(method, settings: EvalSettings) -> float:
+    """The noise level sigma at which the likelihoods are read: ``evaluate.nll_sigma``, else
+    the method's own smallest level (sigma_min; RSGM: sqrt of its smallest heat time)."""
+    sched = method.schedule
+    own = math.sqrt(heat_time_range(sched)[0]) if method.intrinsic else sched.sigma_min
+    if settings.nll_sigma is None:
+        return own
+    if settings.nll_sigma < own * (1 - 1e-9):
+        hint = " (lower the method parameter tau_min)" if method.intrinsic else ""
+        raise ConfigError(
+            f"config key 'evaluate.nll_sigma' ({settings.nll_sigma:g}) is below the smallest "
+            f"noise level {own:.3g} of method {method.name!r} under {sched!r}{hint}"
+        )
+    return settings.nll_sigma
+
+
+def log_likelihoods(method, x: Tensor, settings: EvalSettings, prior: EndPointPrior):
+    """On-manifold log density (Frobenius volume) at points x of M, read at the noise level
+    :func:`nll_level`, and solver info.
+
+    Intrinsic methods: the Riemannian probability-flow ODE from heat time sigma^2. Ambient
+    methods: the ambient probability-flow ODE from sigma plus (codim / 2) log(2 pi sigma^2)
+    (docs/science.md 4), and for discrete sets the same with codim = D, giving log p(atom).
     """
     sched, man = method.schedule, method.manifold
-    kw = dict(rtol=settings.rtol, atol=settings.atol)
+    sigma = nll_level(method, settings)
+    kw = dict(rtol=settings.rtol, atol=settings.atol, prior_log_prob=prior.log_prob)
     if method.intrinsic:
-        res = intrinsic_log_likelihood(method.score, man, sched, x, **kw)
+        res = intrinsic_log_likelihood(method.score, man, sched, x, tau_start=sigma**2, **kw)
         return res["logp"], {"nfe": res["nfe"]}
-    a = float(sched.alpha(sched.t_min))
-    res = ambient_log_likelihood(method.score, sched, a * x, **kw)
+    a = float(sched.alpha(sched.t_of_sigma(torch.tensor(sigma, dtype=torch.float64))))
+    res = ambient_log_likelihood(method.score, sched, a * x, sigma_start=sigma, **kw)
     logp_ve = res["logp"] + x.shape[1] * math.log(a)
-    on_m = on_manifold_log_likelihood(logp_ve, sched.sigma_min, man.codim)
+    on_m = on_manifold_log_likelihood(logp_ve, sigma, man.codim)
     return on_m, {"nfe": res["nfe"], "ambient_logp": logp_ve}
 
 
-def likelihood_metrics(method, dataset, test: Tensor, settings: EvalSettings, seed: int) -> dict:
+def nll_points(dataset, test: Tensor, settings: EvalSettings, seed: int) -> Tensor:
+    """The test points of the NLL (see ``EvalSettings.n_nll``): a seeded random subset when
+    fewer than the test set are asked for (the earth files are sorted by time or region)."""
+    n = settings.n_nll or (len(test) if dataset.empirical else N_NLL_SYNTHETIC)
+    if n >= len(test):
+        return test
+    if not dataset.empirical:
+        return test[:n]  # fresh draws of the law: any n of them are a random subset
+    return test[torch.randperm(len(test), generator=make_generator(seed + 8000))[:n]]
+
+
+def likelihood_metrics(
+    method, dataset, test: Tensor, settings: EvalSettings, seed: int, split: str
+) -> dict:
     """Test NLL in the reported convention plus the normalisation check of the density."""
     man = method.manifold
     shift = man.log_density_shift
-    x = test[: settings.n_nll].double().to(method.device)
+    x = nll_points(dataset, test, settings, seed).double().to(method.device)
+    prior = end_point_prior(method, dataset, seed, split)
     t0 = time.perf_counter()
-    logp, info = log_likelihoods(method, x, settings)
+    logp, info = log_likelihoods(method, x, settings, prior)
     out: dict[str, Any] = {
         "nll": float(-(logp + shift).mean()),
         "nll_sem": float((logp.std() / math.sqrt(len(logp))) if len(logp) > 1 else float("nan")),
+        "nll_n": len(x),
+        "nll_sigma": nll_level(method, settings),
+        "nll_prior": prior.label,
+        "nll_prior_se": prior.se,
         "nll_nfe": int(info["nfe"]),
         "nll_rtol": settings.rtol,
         "nll_atol": settings.atol,
@@ -189,11 +315,13 @@ def likelihood_metrics(method, dataset, test: Tensor, settings: EvalSettings, se
         # Same points, so the difference is the model's bias up to solver error; on the
         # oracle it is the bias of the likelihood estimator itself (docs/science.md 4).
         out["nll_gap"] = out["nll"] - out["nll_true"]
-    out.update(normalisation_metrics(method, dataset, settings, seed))
+    out.update(normalisation_metrics(method, dataset, settings, seed, prior))
     return out
 
 
-def normalisation_metrics(method, dataset, settings: EvalSettings, seed: int) -> dict:
+def normalisation_metrics(
+    method, dataset, settings: EvalSettings, seed: int, prior: EndPointPrior
+) -> dict:
     """The model density integrated over M (``normalisation``, should be 1), how, and whether
     it is within NORMALISATION_TOLERANCE of 1; empty when M offers no way to integrate."""
     man = method.manifold
@@ -207,7 +335,7 @@ def normalisation_metrics(method, dataset, settings: EvalSettings, seed: int) ->
         how = f"exact sum over the {atoms.shape[0]} atoms"
     else:
         return {}
-    lp, _ = log_likelihoods(method, pts.to(method.device), settings)
+    lp, _ = log_likelihoods(method, pts.to(method.device), settings, prior)
     mass = float((w * lp.double().cpu().exp()).sum())
     return {
         "normalisation": mass,
@@ -330,8 +458,11 @@ def evaluate_run(
         out["score_error_small_sigma"] = float(curve["mse"].iloc[0])
 
     if settings.likelihood:
-        _progress(f"likelihood of {min(settings.n_nll, len(ref))} test points (ODE)", t_start)
-        out.update(likelihood_metrics(method, dataset, ref, settings, seed))
+        _progress(
+            f"likelihood of {len(nll_points(dataset, ref, settings, seed))} test points (ODE)",
+            t_start,
+        )
+        out.update(likelihood_metrics(method, dataset, ref, settings, seed, run.cfg.split))
     out["eval_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return out, tables, samples
 
@@ -342,20 +473,54 @@ def _finite_or_none(v):
     return v
 
 
+def check_output(run_dir: str | Path, out: str | Path) -> dict[str, Path]:
+    """The files ``--out`` names (:func:`madbench.rundir.evaluation_files`), after checking that
+    they can be written: not a directory, a writable place, and not another run's own results
+    (ConfigError naming the path: bad input). Creates out's directory."""
+    files = evaluation_files(out)
+    out = files["metrics"]
+    if out.is_dir():
+        raise ConfigError(f"--out {out} is a directory; give a file name such as metrics.json")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"cannot create the directory of --out {out}: {e}") from e
+    if not os.access(out.parent, os.W_OK):
+        raise ConfigError(f"--out {out}: directory {out.parent} is not writable")
+    other = RunDir(out.parent)
+    same = Path(run_dir).resolve() == out.parent.resolve()
+    if other.config.exists() and not same and out.name == METRICS:
+        raise ConfigError(
+            f"--out {out} would overwrite the results of the run in {out.parent}, not of "
+            f"{run_dir}; choose another name or directory"
+        )
+    return files
+
+
 def main(
     run_dir: str | Path, out: str | Path, overrides: dict | None = None, device: str | None = None
 ) -> dict:
-    """Evaluate ``run_dir``; write ``out`` (json), score_error.csv and samples.npz beside it.
+    """Evaluate ``run_dir``; write ``out`` (json) and its samples and score-error curve beside it
+    (:func:`madbench.rundir.evaluation_files`).
 
-    Nothing is written unless the whole evaluation succeeds, so an earlier metrics file is
-    never replaced by a partial one.
+    The output is checked first and locked while the evaluation runs (the run directory with a
+    shared lock: a training of it is refused meanwhile). Nothing is written unless the whole
+    evaluation succeeds, so an earlier metrics file is never replaced by a partial one.
     """
-    out = Path(out)
+    if not RunDir(run_dir).config.is_file():
+        raise RunLoadError(f"{RunDir(run_dir).config} not found: {run_dir} is not a run directory")
+    files = check_output(run_dir, out)
     t0 = time.perf_counter()
-    metrics, tables, samples = evaluate_run(run_dir, overrides, device)
-    metrics["eval_wall_time_s"] = time.perf_counter() - t0
-    for name, df in tables.items():
-        atomic_write(out.parent / f"{name}.csv", lambda p, df=df: df.to_csv(p, index=False))
-    save_samples(out.parent / "samples.npz", **samples)
-    write_json(out, {k: _finite_or_none(v) for k, v in metrics.items()})
+    out_lock = f".{files['metrics'].name}.lock"
+    with (
+        lock(run_dir, exclusive=False, what="madbench evaluate"),
+        lock(files["metrics"].parent, exclusive=True, what="madbench evaluate", name=out_lock),
+    ):
+        metrics, tables, samples = evaluate_run(run_dir, overrides, device)
+        metrics["eval_wall_time_s"] = time.perf_counter() - t0
+        if "score_error" in tables:
+            df = tables["score_error"]
+            atomic_write(files["score_error"], lambda p: df.to_csv(p, index=False))
+        save_samples(files["samples"], **samples)
+        write_json(files["metrics"], {k: _finite_or_none(v) for k, v in metrics.items()})
     return metrics

@@ -164,6 +164,51 @@ def _finite_flags(logp: Tensor) -> dict[str, Any]:
     return {"finite": bad == 0, "n_nonfinite": bad}
 
 
+def gaussian_mixture_log_prob(
+    y: Tensor, centers: Tensor, std: float, chunk: int = 2**22
+) -> tuple[Tensor, Tensor]:
+    """log (1/N) sum_i N(y; c_i, std^2 I) at y (n, D) for centres c (N, D), and the delta-method
+    standard error of that log (both (n,), float64).
+
+    With centres drawn from the data law it is a consistent estimate of the data law noised by
+    N(0, std^2 I): the end-point density of the probability-flow ODE when no closed form
+    exists. The standard error is sqrt(var_i w_i / N) / mean_i w_i, w_i = N(y; c_i, std^2 I).
+    """
+    y64, c = y.double(), centers.to(device=y.device, dtype=torch.float64)
+    rows = max(1, chunk // max(1, c.shape[0]))
+    logs, ses = [], []
+    for yb in y64.split(rows):
+        logw = -((yb[:, None, :] - c[None]) ** 2).sum(-1) / (2 * std**2)  # (b, N)
+        lse = torch.logsumexp(logw, -1)
+        w = torch.exp(logw - lse[:, None]) * c.shape[0]  # w_i / mean w
+        logs.append(lse - math.log(c.shape[0]))
+        ses.append(w.std(-1) / math.sqrt(c.shape[0]))
+    d = y.shape[1]
+    return torch.cat(logs) - 0.5 * d * math.log(2 * math.pi * std**2), torch.cat(ses)
+
+
+def heat_kernel_mixture_log_prob(
+    manifold: RiemannianManifold, x: Tensor, centers: Tensor, tau: float, chunk: int = 2**20
+) -> tuple[Tensor, Tensor]:
+    """log (1/N) sum_i p_tau(x | c_i) at x (n, D) on M for centres c (N, D), w.r.t. the
+    Riemannian volume, and the delta-method standard error of that log (both (n,), float64):
+    with centres from the data law, a consistent estimate of the data law after Brownian motion
+    for heat time tau (the end-point density of the Riemannian probability-flow ODE)."""
+    c = centers.to(device=x.device, dtype=torch.float64)
+    rows = max(1, chunk // max(1, c.shape[0]))
+    logs, ses = [], []
+    for xb in x.double().split(rows):
+        b, n_c = xb.shape[0], c.shape[0]
+        xr = xb[:, None, :].expand(b, n_c, -1).reshape(b * n_c, -1)
+        cr = c[None].expand(b, n_c, -1).reshape(b * n_c, -1)
+        logw = manifold.heat_kernel_log_prob(xr, cr, tau).double().reshape(b, n_c)
+        lse = torch.logsumexp(logw, -1)
+        w = torch.exp(logw - lse[:, None]) * n_c
+        logs.append(lse - math.log(n_c))
+        ses.append(w.std(-1) / math.sqrt(n_c))
+    return torch.cat(logs), torch.cat(ses)
+
+
 def gaussian_log_prob(y: Tensor, std: float) -> Tensor:
     """log N(y; 0, std^2 I_D), shape (n,)."""
     d = y.shape[1]
@@ -181,21 +226,32 @@ def ambient_log_likelihood(
     solver: str = "dopri5",
     score_dtype: torch.dtype | None = None,
     prior_log_prob: Callable[[Tensor], Tensor] | None = None,
+    sigma_start: float | None = None,
 ) -> dict[str, Any]:
-    """log p_t_min(x) of an ambient score model, w.r.t. Lebesgue measure on R^D (module doc).
+    """log p_t0(x) of an ambient score model, w.r.t. Lebesgue measure on R^D (module doc), at the
+    time t0 = t_of_sigma(sigma_start) of noise level ``sigma_start`` (default: t_min).
 
-    x: (n, D) points in the schedule's variable at t_min (for VP: alpha(t_min) times a data
-    point). ``prior_log_prob(y)``: log density at sigma_max of the VE-scale end point y (n, D);
-    default log N(y; 0, sigma_max^2 I). ``score_dtype``: dtype the score is called in (default:
-    the network's dtype behind a bound ``Method.score``, else float64). Returns logp (n,)
+    x: (n, D) points in the schedule's variable at t0 (for VP: alpha(t0) times a data point).
+    ``prior_log_prob(y)``: log density at sigma_max of the VE-scale end point y (n, D); default
+    log N(y; 0, sigma_max^2 I), which neglects the data (see :func:`gaussian_mixture_log_prob`
+    for a consistent estimate of the exact p_sigma_max). ``score_dtype``: dtype the score is
+    called in (default: the network's dtype behind a bound ``Method.score``, else float64).
+    Returns logp (n,)
     float64, nfe, prior_logp, delta_logp (the divergence integral), y_T (the ODE end point at
     sigma_max, VE scale), finite / n_nonfinite and the solver facts.
     """
     _check_points(x)
     dtype = score_dtype if score_dtype is not None else infer_score_dtype(score_fn)
     n, d = x.shape
-    a_min = float(schedule.alpha(_f64(schedule.t_min)))
     s_min, s_max = schedule.sigma_min, schedule.sigma_max
+    if sigma_start is not None:
+        if not s_min * (1 - 1e-9) <= sigma_start < s_max:
+            raise ValueError(
+                f"sigma_start {sigma_start} outside [{s_min}, {s_max}) of {schedule!r}"
+            )
+        s_min = float(sigma_start)
+    t0 = schedule.t_min if sigma_start is None else float(schedule.t_of_sigma(_f64(s_min)))
+    a_min = float(schedule.alpha(_f64(t0)))
 
     def flow(lam: float, state: Tensor) -> Tensor:
         sigma = math.exp(lam)
@@ -288,9 +344,11 @@ def intrinsic_log_likelihood(
     solver: str = "dopri5",
     score_dtype: torch.dtype | None = None,
     prior_log_prob: Callable[[Tensor], Tensor] | None = None,
+    tau_start: float | None = None,
 ) -> dict[str, Any]:
-    """log p_tau_min(x) of an intrinsic (RSGM) score model at x on M, w.r.t. the Riemannian
-    volume of the ambient-induced metric (module doc); tau_min = heat_time(t_min) must be > 0.
+    """log p_tau0(x) of an intrinsic (RSGM) score model at x on M, w.r.t. the Riemannian
+    volume of the ambient-induced metric (module doc), at heat time tau0 = ``tau_start``
+    (default tau_min = heat_time(t_min), which must be > 0).
     ``prior_log_prob(x_T)``: log density at tau_max = heat_time(T) (default: uniform,
     -log vol(M); its error is O(e^{-lambda_1 tau_max}), lambda_1 the first eigenvalue of
     -Laplacian / 2: 1 on S^2, 1/2 on SO(3) with the Frobenius metric, i.e. ~9 e^{-tau_max / 2}
@@ -305,6 +363,12 @@ def intrinsic_log_likelihood(
     dtype = score_dtype if score_dtype is not None else infer_score_dtype(score_fn)
     n, d = x.shape
     tau_min, tau_max = heat_time_range(schedule)
+    if tau_start is not None:
+        if not tau_min * (1 - 1e-9) <= tau_start < tau_max:
+            raise ValueError(
+                f"tau_start {tau_start} outside [{tau_min}, {tau_max}) of {schedule!r}"
+            )
+        tau_min = float(tau_start)
     rhs = _Counted(_riemannian_flow(score_fn, manifold, schedule, dtype, (tau_min, tau_max)))
     state0 = torch.cat([x.double(), torch.zeros(n, 1, dtype=torch.float64, device=x.device)], -1)
 

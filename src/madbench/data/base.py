@@ -46,6 +46,10 @@ class Dataset:
     def has_score(self) -> bool:
         return type(self).score is not Dataset.score
 
+    @property
+    def has_log_prob_noised(self) -> bool:
+        return type(self).log_prob_noised is not Dataset.log_prob_noised
+
     def log_prob(self, x: Tensor) -> Tensor:
         """log p_data(x) for x on M, w.r.t. ``log_prob_convention``, shape (n,)."""
         raise NotImplementedError(f"dataset {self.name!r} has no closed-form density")
@@ -53,6 +57,11 @@ class Dataset:
     def score(self, x: Tensor, sigma: float | Tensor) -> Tensor:
         """Exact score of p_data * N(0, sigma^2 I) at ambient x, shape (n, D)."""
         raise NotImplementedError(f"dataset {self.name!r} has no closed-form noisy score")
+
+    def log_prob_noised(self, x: Tensor, sigma: float | Tensor) -> Tensor:
+        """Exact log density of p_data * N(0, sigma^2 I) at ambient x w.r.t. Lebesgue measure on
+        R^D, shape (n,), float64."""
+        raise NotImplementedError(f"dataset {self.name!r} has no closed-form noised density")
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r}, manifold={self.manifold!r})"

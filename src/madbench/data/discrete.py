@@ -24,6 +24,7 @@ from madbench.manifolds.discrete import (
     Hypercube,
     OneHot,
     check_points,
+    discrete_logits,
     discrete_score,
     hypercube_score,
     nearest_atom_index,
@@ -82,6 +83,16 @@ class CategoricalDataset(Dataset):
     def score(self, x: Tensor, sigma: float | Tensor) -> Tensor:
         return discrete_score(x, sigma, self.atoms, self.log_probs)
 
+    def log_prob_noised(self, x: Tensor, sigma: float | Tensor) -> Tensor:
+        """log sum_k p_k N(x; m_k, sigma^2 I) w.r.t. Lebesgue measure on R^D, (n,) float64."""
+        s2 = sigma_sq64(sigma, x)
+        logits = discrete_logits(x, sigma, self.atoms, self.log_probs)
+        sq = (x.to(torch.float64) ** 2).sum(-1, keepdim=True)  # logits omit -|x|^2 / (2 s^2)
+        d = x.shape[1]
+        return (torch.logsumexp(logits, -1, keepdim=True) - sq / (2 * s2)).squeeze(-1) - (
+            0.5 * d * torch.log(2 * math.pi * s2.squeeze(-1))
+        )
+
 
 def _on_cube(x: Tensor) -> Tensor:
     return ((x.to(torch.float64).abs() - 1).abs() <= ATOL).all(-1)
@@ -125,6 +136,19 @@ class HypercubeMixture(Dataset):
         comp = torch.log(self.mix.to(x.device)) + v @ h.T - log2cosh(h).sum(-1)
         lp = torch.logsumexp(comp, dim=-1)
         return torch.where(_on_cube(x), lp, -math.inf).to(x.dtype)
+
+    def log_prob_noised(self, x: Tensor, sigma: float | Tensor) -> Tensor:
+        """log of p * N(0, sigma^2 I) at x w.r.t. Lebesgue measure on R^d, (n,) float64: with
+        a = x / sigma^2, log sum_c pi_c prod_i cosh(a_i + h_ci) / cosh(h_ci)
+        - (|x|^2 + d) / (2 sigma^2) - (d / 2) log(2 pi sigma^2) (derived as the score)."""
+        check_points(x, self.manifold.d, f"{self.name}.log_prob_noised")
+        s2 = sigma_sq64(sigma, x)
+        x64, h = x.to(torch.float64), self.fields.to(x.device)
+        z = (x64 / s2).unsqueeze(1) + h  # (n, C, d)
+        comp = torch.log(self.mix.to(x.device)) + (log2cosh(z) - log2cosh(h)).sum(-1)
+        d = x.shape[1]
+        quad = ((x64**2).sum(-1) + d) / (2 * s2.squeeze(-1))
+        return torch.logsumexp(comp, -1) - quad - 0.5 * d * torch.log(2 * math.pi * s2.squeeze(-1))
 
     def score(self, x: Tensor, sigma: float | Tensor) -> Tensor:
         check_points(x, self.manifold.d, f"{self.name}.score")

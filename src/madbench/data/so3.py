@@ -83,6 +83,15 @@ class SO3Uniform(Dataset):
     def score(self, x: Tensor, sigma: float | Tensor) -> Tensor:
         return self.manifold.base_score(x, sigma)
 
+    def log_prob_noised(self, x: Tensor, sigma: float | Tensor) -> Tensor:
+        """log of Haar * N(0, sigma^2 I_9) at x w.r.t. Lebesgue measure on R^9, (n,) float64:
+        log c(X / sigma^2) - (|X|^2 + 3) / (2 sigma^2) - (9/2) log(2 pi sigma^2)."""
+        xm = _check_points(x)
+        s2 = as_sigma(sigma, x).double().squeeze(-1) ** 2
+        log_c = log_normaliser(xm / s2[:, None, None])
+        sq = (xm.reshape(-1, 9) ** 2).sum(-1)
+        return log_c - (sq + 3) / (2 * s2) - 4.5 * torch.log(2 * math.pi * s2)
+
 
 class MatrixFisherMixture(Dataset):
     """sum_k w_k MF(F_k) with exact sampler, density and noisy score (module docstring)."""
@@ -136,8 +145,8 @@ class MatrixFisherMixture(Dataset):
         return log_p, score
 
     def log_prob_noised(self, x: Tensor, sigma: float | Tensor) -> Tensor:
-        """log (p_data * N(0, sigma^2 I_9))(x) w.r.t. Lebesgue measure on R^9, shape (n,)."""
-        return self._noised(x, sigma)[0].to(x.dtype)
+        """log (p_data * N(0, sigma^2 I_9))(x) w.r.t. Lebesgue measure on R^9, (n,) float64."""
+        return self._noised(x, sigma)[0]
 
     def score(self, x: Tensor, sigma: float | Tensor) -> Tensor:
         return self._noised(x, sigma)[1].to(x.dtype)

@@ -145,8 +145,8 @@ class VMFMixture(Dataset):
         return vmf_mixture_noised(x, sigma, self.mus.to(d), self.kappas.to(d), lw)
 
     def log_prob_noised(self, x: Tensor, sigma: float | Tensor) -> Tensor:
-        """log (p_data * N(0, sigma^2 I))(x) w.r.t. Lebesgue measure on R^p, shape (n,)."""
-        return self._noised(x, sigma)[0].to(x.dtype)
+        """log (p_data * N(0, sigma^2 I))(x) w.r.t. Lebesgue measure on R^p, (n,) float64."""
+        return self._noised(x, sigma)[0]
 
     def score(self, x: Tensor, sigma: float | Tensor) -> Tensor:
         return self._noised(x, sigma)[1].to(x.dtype)
