@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 CORES   ?= 2
 STAMP   := $(VENV)/.installed
 
-.PHONY: quick test test-slow lint bench full clean-results browser
+.PHONY: quick study test test-slow lint bench full clean-results browser
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -16,6 +16,14 @@ $(STAMP): pyproject.toml
 ## quick: the quick configuration end to end (tables, figures, dashboard under results/)
 quick: $(STAMP)
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake --cores $(CORES) --configfile config/quick.yaml
+
+## study: the findings (config/study.yaml on 2 CPU cores, under an hour), then docs/findings
+study: $(STAMP)
+	@start=$$(date +%s); \
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake --cores $(CORES) --configfile config/study.yaml; \
+	rc=$$?; \
+	$(BIN)/madbench findings --results results/study --out docs/findings --command "make study" \
+	  --wall-time $$(( $$(date +%s) - start )) && exit $$rc
 
 ## full: the paper grid (GPU recommended; see README)
 full: $(STAMP)

@@ -29,6 +29,7 @@ include: "workflow/rules/dashboard.smk"
 
 wildcard_constraints:
     dataset=r"[A-Za-z0-9_.-]+",
+    split=r"random|grouped|none",
     schedule=r"[A-Za-z0-9_.-]+",
     method=r"[A-Za-z0-9_.-]+",
     seed=r"\d+",

@@ -20,7 +20,10 @@ LAYERS = [
     ("solvers", ["ode", "likelihood", "sampling", "metrics"]),
     ("run", ["config", "build", "rundir", "training", "runs"]),
     ("evaluation", ["evaluate"]),
-    ("reports", ["aggregate", "figures", "dashboard", "rate_separation"]),
+    (
+        "reports",
+        ["aggregate", "leaderboard", "figures", "dashboard", "findings", "rate_separation"],
+    ),
     ("entry", ["pipeline", "cli"]),
 ]
 #: modules allowed to import madbench modules inside functions (start-up time of a CLI)

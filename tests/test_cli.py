@@ -188,14 +188,16 @@ def test_evaluate_and_rate_separation_are_delegated(monkeypatch, capsys, tmp_pat
 
     seen = {}
     monkeypatch.setattr(
-        madbench.evaluate, "main", lambda r, o, ov, dev: seen.update(ev=(r, o, ov, dev)) or {}
+        madbench.evaluate,
+        "main",
+        lambda r, o, ov, dev, ck: seen.update(ev=(r, o, ov, dev, ck)) or {},
     )
     monkeypatch.setattr(madbench.rate_separation.cli, "main", lambda a: seen.update(rs=a) or 0)
     assert run_cli(capsys, "evaluate", "--run", str(tmp_path), "--out", "m.json")[0] == 0
-    assert seen["ev"] == (tmp_path, Path("m.json"), {}, None)
+    assert seen["ev"] == (tmp_path, Path("m.json"), {}, None, "checkpoint.pt")
     argv = ["evaluate", "--run", str(tmp_path), "--out", "m.json", "--set", "rtol=1.0e-4"]
     assert run_cli(capsys, *argv, "--device", "cpu")[0] == 0
-    assert seen["ev"] == (tmp_path, Path("m.json"), {"rtol": "1.0e-4"}, "cpu")  # typed later
+    assert seen["ev"] == (tmp_path, Path("m.json"), {"rtol": "1.0e-4"}, "cpu", "checkpoint.pt")
     assert run_cli(capsys, *argv[:-2], "--set", "rtol")[0] == 2  # not KEY=VALUE
     assert run_cli(capsys, "rate-separation", "--quick", "x")[0] == 0
     assert seen["rs"] == ["--quick", "x"]

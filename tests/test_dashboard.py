@@ -25,7 +25,15 @@ FAILED = ("toy", "mad", 2)  # (dataset, method, seed) of the run that fails at t
 
 def fake_run(root: Path, dataset: str, method: str, seed: int) -> Path:
     """A run directory as the pipeline leaves it; returns its final status path."""
-    run = root / "runs" / f"dataset~{dataset}" / "schedule~ve" / f"method~{method}" / f"seed~{seed}"
+    run = (
+        root
+        / "runs"
+        / f"dataset~{dataset}"
+        / "split~none"
+        / "schedule~ve"
+        / f"method~{method}"
+        / f"seed~{seed}"
+    )
     (run / "status").mkdir(parents=True)
     failed = (dataset, method, seed) == FAILED
     status = {
@@ -170,7 +178,7 @@ def page(results):
 def visible_runs(d) -> list[str]:
     return d.execute_script(
         "return [...document.querySelectorAll('#runs tbody tr')].filter(t => !t.hidden)"
-        ".map(t => t.children[3].textContent)"
+        ".map(t => t.children[4].textContent)"  # the method column
     )
 
 
@@ -205,10 +213,10 @@ def test_browser_filtering_and_run_detail(page):
 
 
 def test_browser_sorts_a_table(page):
-    header = page.find_elements("css selector", "#runs th")[4]  # seed
+    header = page.find_elements("css selector", "#runs th")[5]  # seed
     header.click()
     seeds = page.execute_script(
         "return [...document.querySelectorAll('#runs tbody tr')]"
-        ".map(t => t.children[4].textContent)"
+        ".map(t => t.children[5].textContent)"
     )
     assert seeds == sorted(seeds, key=int)

@@ -331,7 +331,7 @@ def done(tmp_path_factory) -> Path:
 
 
 def run_dirs(wf: Path) -> list[Path]:
-    return sorted(p.parent for p in (wf / "results" / "runs").glob("*/*/*/*/status"))
+    return sorted(p.parent for p in (wf / "results" / "runs").glob("*/*/*/*/*/status"))
 
 
 def test_faults_after_a_real_pipeline_run(done, capsys):

@@ -21,7 +21,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
-CONFIGS = ["config/config.yaml", "config/quick.yaml", "config/test.yaml"]
+CONFIGS = ["config/config.yaml", "config/quick.yaml", "config/test.yaml", "config/study.yaml"]
 
 
 def snakemake(*args: str, cwd: Path = REPO, env: dict | None = None, timeout: int = 900):
@@ -67,8 +67,8 @@ def test_dry_run_lists_the_jobs(wf, configfile):
         assert f"rule {rule}:" in out, rule
     # every config has rsgm and the toy: the pair is excluded, logged, and has no job
     assert "excluded: method rsgm on dataset toy" in out
-    assert "dataset~toy/schedule~ve/method~rsgm" not in out
-    assert "dataset~toy/schedule~ve/method~dsm/seed~0/status/train.json" in out
+    assert "dataset~toy/split~none/schedule~ve/method~rsgm" not in out
+    assert "dataset~toy/split~none/schedule~ve/method~dsm/seed~0/status/train.json" in out
     # a --configfile replaces config/config.yaml instead of being merged into it
     assert ("--set net.width=512" in out) == (configfile == "config/config.yaml")
 

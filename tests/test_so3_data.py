@@ -191,3 +191,18 @@ def test_mixture_score_jacobian_on_the_manifold_matches_finite_differences():
     )
     assert torch.isfinite(jac).all()
     assert (jac - ref).abs().max() <= 1e-4 * ref.abs().max()
+
+
+def test_acg_constant_is_the_root_that_scipy_finds():
+    """The ACG envelope constant of the matrix Fisher sampler (fixed Newton steps) against
+    scipy's brentq on sum_i 1 / (b + 2 lam_i) = 1, over eigenvalue spreads 1e-3..1e5."""
+    from scipy.optimize import brentq
+
+    from madbench.manifolds.matrix_fisher import _acg_b
+
+    rng = np.random.default_rng(0)
+    lam = rng.uniform(0, 1, (300, 4)) * 10.0 ** rng.uniform(-3, 5, (300, 1))
+    lam[:, -1] = 0.0
+    b = _acg_b(torch.from_numpy(lam)).numpy()
+    ref = [brentq(lambda x, l=l: (1 / (x + 2 * l)).sum() - 1, 1.0, 4.0, xtol=1e-15) for l in lam]
+    np.testing.assert_allclose(b, ref, rtol=1e-13, atol=0)

@@ -26,10 +26,14 @@ from madbench.evaluate import TEXT_KEYS
 from madbench.rundir import RunDir, read_csv, read_json
 from madbench.stats import t_interval
 
-COORDS = ["dataset", "family", "schedule", "method", "seed"]
+COORDS = ["dataset", "family", "split", "schedule", "method", "seed"]
+#: the coordinates of a grid cell (a group of seeds)
+CELL = ["dataset", "split", "schedule", "method"]
 STATUS_COLS = ["status", "failed_stage", "error", "attempt", "run_dir"]
 #: metrics.json keys that repeat the run's coordinates or describe it (not metrics).
 NON_METRIC_KEYS = {"seed", "dataset", "method", "schedule", "manifold"}
+#: column prefixes of runs.csv that are not metrics of the final weights
+PREFIXES = ("info.", "hist.", "bench.", "snapshot.")
 #: Headline metrics shown in the family tables when present, in this order.
 HEADLINE = [
     "nll",
@@ -47,6 +51,8 @@ HEADLINE = [
 ]
 #: Label of the noise-floor row: each distributional metric between two data samples.
 FLOOR_ROW = "(data vs data: noise floor)"
+#: Mark of a table cell whose metric failed the convergence check.
+NOT_CONVERGED = " †"
 #: Cost columns (metrics.json keys or derived columns), in this order.
 COST = [
     "train_steps",
@@ -126,6 +132,13 @@ def history_summary(run: Path) -> dict:
     return out
 
 
+def run_pattern(run: Path) -> str:
+    """A run directory's path below results/runs (dataset~D/split~P/...), as the pipeline's logs
+    and benchmarks name their files."""
+    parts = run.parts
+    return "/".join(parts[parts.index("runs") + 1 :] if "runs" in parts else parts[-5:])
+
+
 def benchmark_summary(bench_root: Path | None, pattern: str) -> dict:
     """Seconds and peak RSS (MB) of each stage from Snakemake's benchmark files."""
     out: dict[str, float] = {}
@@ -156,6 +169,7 @@ def run_row(status_path: Path, bench_root: Path | None = None) -> dict:
     status = read_json(status_path) or {"status": "failed", "error": "unreadable status file"}
     run = Path(status.get("run_dir", status_path.parent.parent))
     row = {k: status.get(k) for k in ("dataset", "schedule", "method", "seed")}
+    row["split"] = status.get("split", "none")  # status files of earlier versions have none
     row.update({k: status.get(k) for k in STATUS_COLS}, run_dir=str(run))
     row["family"] = dataset_family(str(row["dataset"]))
     try:
@@ -175,8 +189,11 @@ def _run_files(run: Path, ok: bool, bench_root: Path | None) -> dict:
         raise RunFileError("metrics.json missing or unreadable")
     check_metrics(metrics or {})
     out = flatten(read_json(RunDir(run).run_info) or {}, "info.")
+    snapshot = read_json(RunDir(run).snapshot_metrics) or {}
+    check_metrics(snapshot)
+    out.update({f"snapshot.{k}": v for k, v in snapshot.items() if k not in TEXT_KEYS})
     out.update(history_summary(run))
-    out.update(benchmark_summary(bench_root, "/".join(run.parts[-4:])))
+    out.update(benchmark_summary(bench_root, run_pattern(run)))
     for k, v in (metrics or {}).items():
         if k not in NON_METRIC_KEYS:
             out[k if k not in out and k not in COORDS + STATUS_COLS else f"metric.{k}"] = v
@@ -194,9 +211,7 @@ def collect_runs(
             df[col] = None
     front = COORDS + STATUS_COLS
     df = df[front + [c for c in df.columns if c not in front]]
-    return df.sort_values(["family", "dataset", "schedule", "method", "seed"]).reset_index(
-        drop=True
-    )
+    return df.sort_values(["family", *CELL, "seed"]).reset_index(drop=True)
 
 
 def metric_columns(df: pd.DataFrame) -> list[str]:
@@ -204,7 +219,7 @@ def metric_columns(df: pd.DataFrame) -> list[str]:
     skip = set(COORDS + STATUS_COLS)
     cols = []
     for c in df.columns:
-        if c in skip or c.startswith(("info.", "hist.", "bench.")) or df[c].dtype == bool:
+        if c in skip or c.startswith(PREFIXES) or df[c].dtype == bool:
             continue
         values = pd.to_numeric(df[c], errors="coerce")
         if values.notna().any() and df[c].dropna().map(lambda v: not isinstance(v, bool)).all():
@@ -218,9 +233,9 @@ def metric_columns(df: pd.DataFrame) -> list[str]:
 
 
 def summarize(df: pd.DataFrame, metrics: list[str] | None = None) -> pd.DataFrame:
-    """Long table: one row per (dataset, schedule, method, metric) over the ok seeds."""
+    """Long table: one row per (dataset, split, schedule, method, metric) over the ok seeds."""
     metrics = metric_columns(df) if metrics is None else metrics
-    keys = ["family", "dataset", "schedule", "method"]
+    keys = ["family", *CELL]
     rows = []
     for key, group in df.groupby(keys, sort=True):
         ok = group[group["status"] == "ok"]
@@ -231,6 +246,43 @@ def summarize(df: pd.DataFrame, metrics: list[str] | None = None) -> pd.DataFram
         if not metrics:
             rows.append({**base, "metric": None, **t_interval([])})
     return pd.DataFrame(rows)
+
+
+def convergence(runs: pd.DataFrame, metrics: list[str] | None = None) -> pd.DataFrame:
+    """The convergence check: per grid cell and metric, the mean over the finished seeds of the
+    final weights and of the snapshot (kept at ``snapshot_fraction`` of the steps), the change,
+    and whether it is below the half-width of the final value's 95 % interval over seeds
+    (``converged``; None with fewer than two seeds or no snapshot)."""
+    ok = runs[runs["status"] == "ok"]
+    have = [c[len("snapshot.") :] for c in ok.columns if c.startswith("snapshot.")]
+    metrics = [m for m in (metrics or headline_metrics(have)) if m in have and m in ok]
+    rows = []
+    for key, g in ok.groupby(["family", *CELL], sort=True):
+        for m in metrics:
+            final = pd.to_numeric(g[m], errors="coerce")
+            snap = pd.to_numeric(g[f"snapshot.{m}"], errors="coerce")
+            both = final.notna() & snap.notna()
+            if not both.any():
+                continue
+            fin, sn = t_interval(final[both]), t_interval(snap[both])
+            half = (fin["ci_high"] - fin["ci_low"]) / 2 if fin["n"] > 1 else float("nan")
+            change = fin["mean"] - sn["mean"]
+            verdict = bool(abs(change) <= half) if half == half else None
+            rows.append(
+                dict(zip(["family", *CELL], key, strict=True), metric=m, n=fin["n"],
+                     final=fin["mean"], snapshot=sn["mean"], change=change, half_width=half,
+                     converged=verdict)
+            )  # fmt: skip
+    cols = ["family", *CELL, "metric", "n", "final", "snapshot", "change", "half_width"]
+    return pd.DataFrame(rows, columns=cols + ["converged"])
+
+
+def not_converged(conv: pd.DataFrame | None) -> set[tuple]:
+    """(dataset, split, schedule, method, metric) of the cells the check found not converged."""
+    if conv is None or conv.empty:
+        return set()
+    bad = conv[conv["converged"].eq(False)]
+    return {(*r[:4], r[4]) for r in bad[[*CELL, "metric"]].itertuples(index=False)}
 
 
 # --------------------------------------------------------------------------------------------
@@ -266,9 +318,12 @@ def headline_metrics(available: Iterable[str]) -> list[str]:
     return chosen or available
 
 
-def wide_table(summary: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
-    """dataset, schedule, method, seeds, then one 'mean ± half-width' column per metric."""
-    keys = ["dataset", "schedule", "method"]
+def wide_table(
+    summary: pd.DataFrame, metrics: list[str], unconverged: set[tuple] = frozenset()
+) -> pd.DataFrame:
+    """dataset, split (where there are splits), schedule, method, seeds, then one 'mean ±
+    half-width' column per metric, and a noise-floor row per dataset, split and schedule."""
+    keys = CELL
     rows = []
     for key, g in summary.groupby(keys, sort=True):
         row = dict(zip(keys, key, strict=True))
@@ -278,19 +333,21 @@ def wide_table(summary: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
         for m in metrics:
             r = by_metric.loc[m] if m in by_metric.index else None
             row[m] = "–" if r is None else metric_cell(r, n_runs - n_failed)
+            row[m] += NOT_CONVERGED if (*key, m) in unconverged else ""
         rows.append(row)
     # One noise-floor row per dataset and schedule: what a perfect model scores (metrics.json's
     # floor_<metric>, the same for every method of a dataset and seed).
     floors = summary[summary["metric"].fillna("").str.startswith("floor_")]
-    for (dataset, schedule), g in floors.groupby(["dataset", "schedule"], sort=True):
+    for (dataset, split, schedule), g in floors.groupby(CELL[:3], sort=True):
         first = g[g["method"] == g["method"].iloc[0]].set_index("metric")
-        row = {"dataset": dataset, "schedule": schedule, "method": FLOOR_ROW, "seeds": ""}
+        row = dict(dataset=dataset, split=split, schedule=schedule, method=FLOOR_ROW, seeds="")
         for m in metrics:
             r = first.loc[f"floor_{m}"] if f"floor_{m}" in first.index else None
             row[m] = "" if r is None else fmt_mean_ci(r["mean"], r["ci_low"], r["ci_high"])
         rows.append(row)
     df = pd.DataFrame(rows, columns=keys + ["seeds"] + metrics)
-    return df.sort_values(["dataset", "schedule"], kind="stable").reset_index(drop=True)
+    df = df.sort_values(CELL[:3], kind="stable").reset_index(drop=True)
+    return df.drop(columns="split") if (df["split"].fillna("none") == "none").all() else df
 
 
 def to_markdown(df: pd.DataFrame) -> str:
@@ -364,11 +421,42 @@ def write_formats(stem: Path, csv: pd.DataFrame, shown: pd.DataFrame, caption: s
 T_NOTE = "mean ± half-width of the 95 % Student-t interval over seeds"
 
 
-def family_table(summary: pd.DataFrame, family: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+def family_table(
+    summary: pd.DataFrame, family: str, unconverged: set[tuple] = frozenset()
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(long CSV rows, formatted wide table of the headline metrics) of one family."""
     long = summary[summary["family"] == family].reset_index(drop=True)
     present = [m for m in long["metric"].dropna().unique() if long.loc[long.metric == m, "n"].sum()]
-    return long, wide_table(long, headline_metrics(present))
+    return long, wide_table(long, headline_metrics(present), unconverged)
+
+
+def nll_levels(runs: pd.DataFrame) -> str:
+    """'NLL read at sigma = 0.001' (or per dataset, where they differ), from the runs'
+    ``nll_sigma``; '' without likelihoods."""
+    if "nll_sigma" not in runs:
+        return ""
+    levels = (
+        runs[runs["status"] == "ok"]
+        .groupby("dataset")["nll_sigma"]
+        .agg(lambda v: ", ".join(f"{x:.3g}" for x in sorted(set(v.dropna()))))
+    )
+    levels = levels[levels != ""]
+    if levels.empty:
+        return ""
+    if levels.nunique() == 1:
+        return f"NLL read at noise level sigma = {levels.iloc[0]}"
+    return "NLL read at noise level sigma = " + "; ".join(f"{d}: {v}" for d, v in levels.items())
+
+
+def caption(title: str, runs: pd.DataFrame, unconverged: set[tuple]) -> str:
+    """A table's caption: what the cells are, the NLL's noise level, what † marks."""
+    parts = [f"{title}: {T_NOTE}", nll_levels(runs)]
+    if unconverged:
+        parts.append(
+            "† not converged: the mean moved by more than its half-width over the last part of "
+            "training (convergence.csv)"
+        )
+    return "; ".join(p for p in parts if p)
 
 
 def cost_table(runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -379,7 +467,7 @@ def cost_table(runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     summary = summarize(runs, cols)
     shown = wide_table(summary, cols) if cols else summary
     if device and not shown.empty:
-        devices = runs.groupby(["dataset", "schedule", "method"])[device].agg(
+        devices = runs.groupby(CELL)[device].agg(
             lambda s: ", ".join(sorted({str(v) for v in s.dropna()}))
         )
         shown = shown.merge(devices.rename("device").reset_index(), how="left")
@@ -405,8 +493,9 @@ def earth_table(summary: pd.DataFrame) -> pd.DataFrame:
     key = nll_key(earth) if not earth.empty else None
     if key is not None:
         ours = earth[earth["metric"] == key]
-        for (method, sched), g in ours.groupby(["method", "schedule"], sort=True):
-            row = {"method": f"{method} ({sched})", "source": f"ours ({key})"}
+        for (method, sched, split), g in ours.groupby(["method", "schedule", "split"]):
+            where = sched if split == "none" else f"{sched}, {split} split"
+            row = {"method": f"{method} ({where})", "source": f"ours ({key})"}
             for r in g.itertuples():
                 label = fmt_mean_ci(r.mean, r.ci_low, r.ci_high)
                 row[EARTH_COLUMNS[r.dataset]] = label + (" [FAILED runs]" if r.n_failed else "")
@@ -421,27 +510,51 @@ def write_tables(
     bench_root: str | Path | None = None,
     excluded: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
-    """Write runs.csv, summary.csv, FAMILY.{csv,md,tex}, cost.*, earth_nll.*, excluded.csv."""
+    """Write runs.csv, summary.csv, FAMILY.{csv,md,tex}, cost.*, earth_nll.*, convergence.*
+    (empty without snapshots), excluded.csv."""
     out = Path(out_dir)
     runs = collect_runs(status_paths, Path(bench_root) if bench_root else None)
     summary = summarize(runs)
+    conv = convergence(runs)
+    bad = not_converged(conv)
     write_csv(out / "runs.csv", runs)
     write_csv(out / "summary.csv", summary)
     for fam in families:
-        long, shown = family_table(summary, fam)
-        write_formats(out / fam, long, shown, f"{fam}: {T_NOTE}")
+        long, shown = family_table(summary, fam, bad)
+        fam_runs = runs[runs["family"] == fam]
+        write_formats(out / fam, long, shown, caption(fam, fam_runs, bad & _cells(long)))
     per_run, shown = cost_table(runs)
     write_formats(out / "cost", per_run, shown, f"cost: {T_NOTE}")
+    earth = earth_table(summary)
+    levels = nll_levels(runs[runs["family"] == "earth"])
     write_formats(
         out / "earth_nll",
-        earth_table(summary),
-        earth_table(summary),
+        earth,
+        earth,
         "earth test NLL in nats (lower is better); 'published' rows are the papers' "
-        f"own numbers and splits (docs/science.md section 6), not ours; ours: {T_NOTE}",
+        f"own numbers and splits (docs/science.md section 6), not ours; ours: {T_NOTE}"
+        + (f"; {levels}" if levels else ""),
     )
+    shown = conv.assign(converged=conv["converged"].map({True: "yes", False: "NO"}))
+    for col in ("final", "snapshot", "change", "half_width"):
+        shown[col] = shown[col].map(lambda v: f"{v:.3g}" if v == v else "–")
+    note = CONVERGENCE_NOTE if not conv.empty else "convergence check: not run (config key)"
+    write_formats(out / "convergence", conv, shown.fillna("–"), note)
     excl = excluded if excluded is not None else pd.DataFrame(columns=["dataset", "method"])
     write_csv(out / "excluded.csv", excl)
     return runs
+
+
+CONVERGENCE_NOTE = (
+    "convergence check (config key convergence): mean over seeds of the final weights and of "
+    "the snapshot kept at snapshot_fraction of the steps; converged when the change is below "
+    "the half-width of the final value's 95 % Student-t interval over seeds"
+)
+
+
+def _cells(long: pd.DataFrame) -> set[tuple]:
+    """Every (dataset, split, schedule, method, metric) of a long table."""
+    return {tuple(r) for r in long[[*CELL, "metric"]].itertuples(index=False)}
 
 
 def failed_runs(runs: pd.DataFrame) -> pd.DataFrame:

@@ -5,6 +5,7 @@
                    [--device auto|cpu|cuda] [--set key=value ...] [--overwrite]
     madbench sample --run RUN_DIR --n N --out FILE.npz [--sampler NAME] [--steps K] [--seed S]
     madbench evaluate --run RUN_DIR --out FILE.json
+    madbench findings [--results results/study] [--out docs/findings]
     madbench rate-separation [ARGS ...]
 
 Exit status: 0 on success; 2 for bad input: a bad name, key or value, an --out that cannot be
@@ -68,12 +69,24 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", required=True, type=Path)
     ev.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     ev.add_argument(
+        "--checkpoint",
+        default="checkpoint.pt",
+        help="the weights to evaluate: checkpoint.pt (the last), or snapshot.pt (kept at "
+        "snapshot_fraction of the steps, for the convergence check)",
+    )
+    ev.add_argument(
         "--set",
         action="append",
         default=[],
         metavar="KEY=VALUE",
         help="override an evaluation setting (n_samples, n_nll, likelihood, ...)",
     )
+
+    fi = sub.add_parser("findings", help="write docs/findings from a finished study")
+    fi.add_argument("--results", type=Path, default=Path("results/study"))
+    fi.add_argument("--out", type=Path, default=Path("docs/findings"))
+    fi.add_argument("--command", default="make study", help="the command that made the results")
+    fi.add_argument("--wall-time", type=float, default=None, help="the study's wall time (s)")
 
     sub.add_parser("rate-separation", help="rate-separation experiments", add_help=False)
     return p
@@ -195,8 +208,17 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         if not sep or not key.strip():
             raise UsageError(f"--set expects KEY=VALUE, got {item!r}")
         overrides[key.strip()] = value.strip()  # typed and checked by EvalSettings
-    metrics = madbench.evaluate.main(args.run, args.out, overrides, args.device)
+    metrics = madbench.evaluate.main(args.run, args.out, overrides, args.device, args.checkpoint)
     print(f"{len(metrics)} metrics -> {args.out}")
+
+
+def cmd_findings(args: argparse.Namespace) -> None:
+    from madbench.findings import write_findings
+
+    if not (args.results / "tables" / "runs.csv").is_file():
+        raise UsageError(f"--results {args.results} holds no tables/runs.csv: run the study first")
+    write_findings(args.results, args.out, args.command, args.wall_time)
+    print(f"findings of {args.results} -> {args.out}")
 
 
 # ---------------------------------------------------------------------- entry point
@@ -218,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         "train": cmd_train,
         "sample": cmd_sample,
         "evaluate": cmd_evaluate,
+        "findings": cmd_findings,
     }
     from madbench.data.earth import EarthDataError
     from madbench.evaluate import EvaluationError

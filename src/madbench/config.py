@@ -25,7 +25,7 @@ from typing import Any
 import yaml
 
 from madbench._utils import atomic_write
-from madbench.data import DATASETS
+from madbench.data import DATASETS, get_dataset
 from madbench.methods import METHODS, get_method
 from madbench.sampling import AMBIENT_SAMPLERS, INTRINSIC_SAMPLERS
 from madbench.schedules import SCHEDULES, get_schedule
@@ -40,6 +40,10 @@ __all__ = [
     "dump_config",
     "load_config",
 ]
+
+
+#: the splits of empirical data (random 80/10/10, or grouped by duplicate site), and none
+SPLITS = ("random", "grouped", "none")
 
 
 @dataclass
@@ -127,7 +131,8 @@ class TrainConfig:
     grad_clip: float = 1.0
     #: EMA decay; the decay used at step k is min(ema, (1 + k) / (10 + k))
     ema: float = 0.999
-    #: empirical (earth) datasets: train on the train part of this split, seeded by ``seed``
+    #: empirical (earth) datasets: train on the train part of this split (random or grouped by
+    #: duplicate site), seeded by ``seed``; synthetic laws have none (set by validate)
     split: str = "random"
     checkpoint_every: int = 1000
     log_every: int = 100
@@ -136,6 +141,9 @@ class TrainConfig:
     probe_every: int = 0
     probe_n: int = 256
     probe_steps: int = 50
+    #: also keep the checkpoint of this fraction of the steps as snapshot.pt (0.8: the state
+    #: 20 % before the end, for the convergence check); 0: none
+    snapshot_fraction: float = 0.0
     device: str = "auto"
     wandb: bool = False
     wandb_project: str = "madbench"
@@ -155,12 +163,13 @@ class TrainConfig:
             ("lr_final_ratio", 0 <= self.lr_final_ratio <= 1, "must lie in [0, 1]"),
             ("grad_clip", self.grad_clip > 0, "must be > 0"),
             ("ema", 0 <= self.ema < 1, "must lie in [0, 1)"),
-            ("split", self.split in ("random", "grouped"), "must be random or grouped"),
+            ("split", self.split in SPLITS, f"must be one of {', '.join(SPLITS)}"),
             ("checkpoint_every", self.checkpoint_every >= 1, "must be >= 1"),
             ("log_every", self.log_every >= 1, "must be >= 1"),
             ("probe_every", self.probe_every >= 0, "must be >= 0"),
             ("probe_n", self.probe_n >= 2, "must be >= 2"),
             ("probe_steps", self.probe_steps >= 1, "must be >= 1"),
+            ("snapshot_fraction", 0 <= self.snapshot_fraction < 1, "must lie in [0, 1)"),
             ("device", _valid_device(self.device), "must be auto, cpu, cuda or cuda:N"),
         ]
 
@@ -184,6 +193,7 @@ class TrainConfig:
         for key in types:
             if key not in _SECTIONS:
                 setattr(self, key, coerce(key, getattr(self, key), types[key]))
+        self._resolve_split()
         run_checks(self)
         self.net = from_mapping(NetConfig, dataclasses.asdict(self.net), "net.")
         cls = get_method(self.method)
@@ -196,6 +206,21 @@ class TrainConfig:
         settings.check_sampler(cls.intrinsic)
         self.evaluate = {k: getattr(settings, k) for k in self.evaluate}
         return self
+
+    def _resolve_split(self) -> None:
+        """Synthetic laws have no split: 'random' (the default, and what earlier versions
+        wrote) becomes 'none'; empirical data need random or grouped."""
+        empirical = get_dataset(self.dataset).empirical
+        if not empirical and self.split in ("random", "none"):
+            self.split = "none"
+        elif not empirical:
+            raise ConfigError(
+                f"config key 'split' is {self.split!r}, but dataset {self.dataset!r} is not "
+                "empirical data (its split is none)"
+            )
+        elif self.split == "none":
+            raise ConfigError(f"config key 'split' of empirical dataset {self.dataset!r} must be "
+                              "random or grouped, got 'none'")  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -45,6 +45,7 @@ from madbench.likelihood import (
     ve_score,
 )
 from madbench.rundir import (
+    CHECKPOINT,
     METRICS,
     RunDir,
     RunLoadError,
@@ -411,16 +412,19 @@ def sample_metrics(run: Run, settings: EvalSettings, seed: int) -> tuple[dict, d
 
 
 def evaluate_run(
-    run_dir: str | Path, overrides: dict | None = None, device: str | None = None
+    run_dir: str | Path,
+    overrides: dict | None = None,
+    device: str | None = None,
+    checkpoint: str = CHECKPOINT,
 ) -> tuple[dict, dict, dict]:
-    """Compute metrics for one run without writing anything.
+    """Compute metrics for one run (the weights of ``checkpoint``) without writing anything.
 
     Returns (metrics, extra tables, samples): samples holds the evaluation's own draws (raw,
     projected, dist_to_manifold, seed, steps, sampler): the arguments of
     :func:`madbench.sampling.save_samples`.
     """
     t_start = time.perf_counter()
-    run = load_run(run_dir, device)
+    run = load_run(run_dir, device, checkpoint=checkpoint)
     method, dataset, seed = run.method, run.dataset, run.cfg.seed
     settings = run.cfg.eval_settings(overrides)
     _progress(f"{run.run_dir}: {method.name} on {dataset.name} ({run.device})", t_start)
@@ -432,6 +436,7 @@ def evaluate_run(
         "manifold": method.manifold.kind,
         **cost_metrics(run.run_dir),
         "train_complete": bool(run.complete),
+        "eval_step": run.step,
     }
     _progress(f"sampling {settings.n_samples} points", t_start)
     sampled, samples, proj = sample_metrics(run, settings, seed)
@@ -498,7 +503,11 @@ def check_output(run_dir: str | Path, out: str | Path) -> dict[str, Path]:
 
 
 def main(
-    run_dir: str | Path, out: str | Path, overrides: dict | None = None, device: str | None = None
+    run_dir: str | Path,
+    out: str | Path,
+    overrides: dict | None = None,
+    device: str | None = None,
+    checkpoint: str = CHECKPOINT,
 ) -> dict:
     """Evaluate ``run_dir``; write ``out`` (json) and its samples and score-error curve beside it
     (:func:`madbench.rundir.evaluation_files`).
@@ -516,7 +525,7 @@ def main(
         lock(run_dir, exclusive=False, what="madbench evaluate"),
         lock(files["metrics"].parent, exclusive=True, what="madbench evaluate", name=out_lock),
     ):
-        metrics, tables, samples = evaluate_run(run_dir, overrides, device)
+        metrics, tables, samples = evaluate_run(run_dir, overrides, device, checkpoint)
         metrics["eval_wall_time_s"] = time.perf_counter() - t0
         if "score_error" in tables:
             df = tables["score_error"]

@@ -59,8 +59,12 @@ def placeholder(png: str | Path, pdf: str | Path, title: str, reason: str) -> No
 
 
 def ok_runs(runs: pd.DataFrame) -> pd.DataFrame:
-    """Rows of finished runs."""
-    return runs[runs["status"] == "ok"]
+    """Rows of finished runs; an empirical dataset's split is part of its label in figures."""
+    ok = runs[runs["status"] == "ok"].copy()
+    if "split" in ok:
+        split = ok["split"].fillna("none")
+        ok["dataset"] = ok["dataset"].where(split == "none", ok["dataset"] + " (" + split + ")")
+    return ok
 
 
 def facet_axes(n: int, ncols: int, size: float = 3.2, **kw):

@@ -236,33 +236,15 @@ def ambient_log_likelihood(
     log N(y; 0, sigma_max^2 I), which neglects the data (see :func:`gaussian_mixture_log_prob`
     for a consistent estimate of the exact p_sigma_max). ``score_dtype``: dtype the score is
     called in (default: the network's dtype behind a bound ``Method.score``, else float64).
-    Returns logp (n,)
-    float64, nfe, prior_logp, delta_logp (the divergence integral), y_T (the ODE end point at
-    sigma_max, VE scale), finite / n_nonfinite and the solver facts.
+    Returns logp (n,) float64, nfe, prior_logp, delta_logp (the divergence integral), y_T (the
+    ODE end point at sigma_max, VE scale), finite / n_nonfinite and the solver facts.
     """
     _check_points(x)
     dtype = score_dtype if score_dtype is not None else infer_score_dtype(score_fn)
     n, d = x.shape
-    s_min, s_max = schedule.sigma_min, schedule.sigma_max
-    if sigma_start is not None:
-        if not s_min * (1 - 1e-9) <= sigma_start < s_max:
-            raise ValueError(
-                f"sigma_start {sigma_start} outside [{s_min}, {s_max}) of {schedule!r}"
-            )
-        s_min = float(sigma_start)
-    t0 = schedule.t_min if sigma_start is None else float(schedule.t_of_sigma(_f64(s_min)))
-    a_min = float(schedule.alpha(_f64(t0)))
-
-    def flow(lam: float, state: Tensor) -> Tensor:
-        sigma = math.exp(lam)
-        v, div = field_and_divergence(
-            lambda y: -(sigma**2) * ve_score(score_fn, schedule, y, sigma, dtype),
-            state[:, :d],
-            None,
-        )
-        return torch.cat([v, div.unsqueeze(-1)], -1)
-
-    rhs = _Counted(flow)
+    s_min, a_min = _ambient_start(schedule, sigma_start)
+    s_max = schedule.sigma_max
+    rhs = _Counted(_ve_flow(score_fn, schedule, dtype, d))
     y0 = x.double() / a_min
     state0 = torch.cat([y0, torch.zeros(n, 1, dtype=torch.float64, device=x.device)], -1)
     end, _ = _solve(rhs, state0, math.log(s_min), math.log(s_max), rtol, atol, solver)
@@ -285,6 +267,33 @@ def ambient_log_likelihood(
     }
 
 
+def _ve_flow(score_fn: ScoreFn, schedule: Schedule, dtype, d: int):
+    """(lambda, state) -> d state / d lambda of the VE probability-flow ODE in lambda = log sigma
+    with the log-density accumulator: state = [y (n, D), delta (n, 1)]."""
+
+    def rhs(lam: float, state: Tensor) -> Tensor:
+        sigma = math.exp(lam)
+        v, div = field_and_divergence(
+            lambda y: -(sigma**2) * ve_score(score_fn, schedule, y, sigma, dtype),
+            state[:, :d],
+            None,
+        )
+        return torch.cat([v, div.unsqueeze(-1)], -1)
+
+    return rhs
+
+
+def _ambient_start(schedule: Schedule, sigma_start: float | None) -> tuple[float, float]:
+    """(sigma, alpha) where the ambient ODE starts: sigma_start (default sigma_min), checked to
+    lie in [sigma_min, sigma_max), and alpha at its time."""
+    s_min, s_max = schedule.sigma_min, schedule.sigma_max
+    if sigma_start is None:
+        return s_min, float(schedule.alpha(_f64(schedule.t_min)))
+    if not s_min * (1 - 1e-9) <= sigma_start < s_max:
+        raise ValueError(f"sigma_start {sigma_start} outside [{s_min}, {s_max}) of {schedule!r}")
+    return float(sigma_start), float(schedule.alpha(schedule.t_of_sigma(_f64(sigma_start))))
+
+
 def on_manifold_log_likelihood(logp_ambient: Tensor, sigma: float | Tensor, codim: int) -> Tensor:
     """Small-sigma estimate of log p_data on M: log p_sigma(x0) + (codim / 2) log(2 pi sigma^2).
 
@@ -301,9 +310,10 @@ def on_manifold_log_likelihood(logp_ambient: Tensor, sigma: float | Tensor, codi
 
 
 # ------------------------------------------------------------------------------ intrinsic
-def heat_time_range(schedule: Schedule) -> tuple[float, float]:
+def heat_time_range(schedule: Schedule, tau_start: float | None = None) -> tuple[float, float]:
     """(heat_time(t_min), heat_time(T)): the range of a Riemannian probability-flow ODE, which
-    needs a positive end heat time (ValueError otherwise)."""
+    needs a positive end heat time (ValueError otherwise); with ``tau_start`` (checked to lie
+    in that range) in place of heat_time(t_min)."""
     tau_min = float(schedule.heat_time(_f64(schedule.t_min)))
     tau_max = float(schedule.heat_time(_f64(schedule.T)))
     if not tau_min > 0:
@@ -311,7 +321,9 @@ def heat_time_range(schedule: Schedule) -> tuple[float, float]:
             f"heat_time(t_min) = {tau_min}: the Riemannian ODE needs a positive end heat time "
             f"(schedule {schedule!r}); use a schedule with heat_time(t_min) > 0"
         )
-    return tau_min, tau_max
+    if tau_start is not None and not tau_min * (1 - 1e-9) <= tau_start < tau_max:
+        raise ValueError(f"tau_start {tau_start} outside [{tau_min}, {tau_max}) of {schedule!r}")
+    return (tau_min if tau_start is None else float(tau_start)), tau_max
 
 
 def _riemannian_flow(score_fn, manifold, schedule, dtype, tau_range: tuple[float, float]):
@@ -349,10 +361,9 @@ def intrinsic_log_likelihood(
     """log p_tau0(x) of an intrinsic (RSGM) score model at x on M, w.r.t. the Riemannian
     volume of the ambient-induced metric (module doc), at heat time tau0 = ``tau_start``
     (default tau_min = heat_time(t_min), which must be > 0).
-    ``prior_log_prob(x_T)``: log density at tau_max = heat_time(T) (default: uniform,
-    -log vol(M); its error is O(e^{-lambda_1 tau_max}), lambda_1 the first eigenvalue of
-    -Laplacian / 2: 1 on S^2, 1/2 on SO(3) with the Frobenius metric, i.e. ~9 e^{-tau_max / 2}
-    nats there: 0.06 at tau_max = 10).
+    ``prior_log_prob(x_T)``: log density at tau_max = heat_time(T) (default: uniform, whose
+    error is O(e^{-lambda_1 tau_max}), lambda_1 = 1 on S^2 and 1/2 on SO(3) (Frobenius): see
+    :func:`heat_kernel_mixture_log_prob` for a consistent estimate).
 
     The ODE is integrated in ambient coordinates; with ``solver="dopri5"`` every accepted step
     is projected back onto M (projection method; ``max_projection`` is the largest correction,
@@ -362,13 +373,7 @@ def intrinsic_log_likelihood(
     _check_points(x, manifold.ambient_dim)
     dtype = score_dtype if score_dtype is not None else infer_score_dtype(score_fn)
     n, d = x.shape
-    tau_min, tau_max = heat_time_range(schedule)
-    if tau_start is not None:
-        if not tau_min * (1 - 1e-9) <= tau_start < tau_max:
-            raise ValueError(
-                f"tau_start {tau_start} outside [{tau_min}, {tau_max}) of {schedule!r}"
-            )
-        tau_min = float(tau_start)
+    tau_min, tau_max = heat_time_range(schedule, tau_start)
     rhs = _Counted(_riemannian_flow(score_fn, manifold, schedule, dtype, (tau_min, tau_max)))
     state0 = torch.cat([x.double(), torch.zeros(n, 1, dtype=torch.float64, device=x.device)], -1)
 
@@ -378,11 +383,8 @@ def intrinsic_log_likelihood(
     lam0, lam1 = math.log(tau_min), math.log(tau_max)
     end, stats = _solve(rhs, state0, lam0, lam1, rtol, atol, solver, project)
     x_t, delta = end[:, :d], end[:, d]
-    prior = (
-        torch.full_like(delta, -manifold.log_volume)
-        if prior_log_prob is None
-        else prior_log_prob(x_t)
-    )
+    uniform = torch.full_like(delta, -manifold.log_volume)
+    prior = uniform if prior_log_prob is None else prior_log_prob(x_t)
     logp = prior + delta
     return {
         "logp": logp,

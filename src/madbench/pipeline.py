@@ -26,14 +26,14 @@ from madbench.methods import get_method, list_methods
 from madbench.schedules import list_schedules
 
 SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
-GRID_COLUMNS = ["dataset", "schedule", "method", "seed"]
+GRID_COLUMNS = ["dataset", "split", "schedule", "method", "seed"]
 
 
-def registry_names() -> dict[str, list[str]]:
-    """Known names per config key, from the madbench registries."""
+def registry_names(cfg: dict[str, Any] | None = None) -> dict[str, list[str]]:
+    """Known names per config key, from the madbench registries (and the config's variants)."""
     return {
         "grid.datasets": list_datasets(),
-        "grid.methods": list_methods(),
+        "grid.methods": list_methods() + sorted((cfg or {}).get("variants", {})),
         "grid.schedules": list_schedules(),
         "schedule_params": list_schedules(),
     }
@@ -47,7 +47,13 @@ def check_names(cfg: dict[str, Any]) -> None:
         "grid.schedules": cfg["grid"]["schedules"],
         "schedule_params": list(cfg.get("schedule_params", {})),
     }
-    for key, known in registry_names().items():
+    for name, v in cfg.get("variants", {}).items():
+        if name in list_methods() or v["method"] not in list_methods():
+            raise ValueError(
+                f"config key 'variants.{name}': a variant needs a new name and a registered "
+                f"method (known: {', '.join(list_methods())}), got method {v['method']!r}"
+            )
+    for key, known in registry_names(cfg).items():
         unknown = [n for n in given[key] if n not in known]
         if unknown:
             raise ValueError(
@@ -75,6 +81,11 @@ def check_config(cfg: dict[str, Any], schema: str | Path = SCHEMA) -> None:
     check_ranges(cfg)
 
 
+def base_method(cfg: dict[str, Any], name: str) -> str:
+    """The registered method of a grid method name: itself, or the method of a variant."""
+    return cfg.get("variants", {}).get(name, {}).get("method", name)
+
+
 @functools.cache
 def unsupported_reason(method: str, dataset: str) -> str | None:
     """None if ``method`` runs on ``dataset``, else the ValueError message of check_supported."""
@@ -85,36 +96,66 @@ def unsupported_reason(method: str, dataset: str) -> str | None:
     return None
 
 
+def dataset_splits(cfg: dict[str, Any], dataset: str) -> list[str]:
+    """The splits of a dataset in the grid: ``grid.splits`` (default random) for empirical data,
+    none for a synthetic law."""
+    if not get_dataset(dataset).empirical:
+        return ["none"]
+    return list(cfg["grid"].get("splits", ["random"]))
+
+
+def glob_match(value: str, pattern: str) -> bool:
+    """fnmatch, with a leading '!' negating the pattern ('!toy': every name but toy)."""
+    if pattern.startswith("!"):
+        return not fnmatch.fnmatch(value, pattern[1:])
+    return fnmatch.fnmatch(value, pattern)
+
+
+def excluded_by_config(cfg: dict[str, Any], dataset: str, schedule: str, method: str) -> bool:
+    """Whether a rule of config key ``exclude`` (globs on dataset, schedule, method; all given
+    ones must match) leaves this cell out of the grid."""
+    coords = {"dataset": dataset, "schedule": schedule, "method": method}
+    return any(
+        all(glob_match(coords[k], rule[k]) for k in coords if k in rule)
+        for rule in cfg.get("exclude", [])
+    )
+
+
 def build_grid(cfg: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(runs: dataset, schedule, method, seed) and (excluded: dataset, schedule, method, reason)."""
+    """(runs: dataset, split, schedule, method, seed) and (excluded: dataset, schedule, method,
+    reason): datasets x their splits x schedules x methods x seeds, without the cells of config
+    key ``exclude`` and the method x dataset pairs that ``Method.check_supported`` rejects."""
     g = cfg["grid"]
     runs, excluded = [], []
     for d, s, m in itertools.product(g["datasets"], g["schedules"], g["methods"]):
-        reason = unsupported_reason(m, d)
+        if excluded_by_config(cfg, d, s, m):
+            continue
+        reason = unsupported_reason(base_method(cfg, m), d)
         if reason:
             excluded.append({"dataset": d, "schedule": s, "method": m, "reason": reason})
-        else:
-            runs.extend(
-                {"dataset": d, "schedule": s, "method": m, "seed": int(k)} for k in g["seeds"]
-            )
+            continue
+        for split, seed in itertools.product(dataset_splits(cfg, d), g["seeds"]):
+            runs.append(dict(dataset=d, split=split, schedule=s, method=m, seed=int(seed)))
     grid = pd.DataFrame(runs, columns=GRID_COLUMNS).astype({"seed": int})
     if grid.empty:
         raise ValueError("config key 'grid': no method of grid.methods supports any dataset")
-    return grid, pd.DataFrame(excluded, columns=GRID_COLUMNS[:3] + ["reason"])
+    return grid, pd.DataFrame(excluded, columns=["dataset", "schedule", "method", "reason"])
 
 
 def run_settings(cfg: dict[str, Any], dataset: str, schedule: str, method: str) -> tuple[int, dict]:
-    """Training steps and `--set` pairs of one run: train.*, schedule_params, then overrides.
+    """Training steps and `--set` pairs of one run: train.*, schedule_params, the variant's own
+    settings (when ``method`` names a variant), then overrides.
 
     Schedule parameters become ``schedule.KEY``; every override whose dataset, schedule and method
-    globs all match is applied in order (a later one wins).
+    globs all match is applied in order (a later one wins; a variant matches by its name).
     """
     steps, pairs = cfg["train"]["steps"], dict(cfg["train"].get("set", {}))
     params = cfg.get("schedule_params", {}).get(schedule, {})
     pairs.update({f"schedule.{k}": v for k, v in params.items()})
+    pairs.update(cfg.get("variants", {}).get(method, {}).get("set", {}))
     coords = {"dataset": dataset, "schedule": schedule, "method": method}
     for o in cfg["train"].get("overrides", []):
-        if all(fnmatch.fnmatch(v, o.get(k, "*")) for k, v in coords.items()):
+        if all(glob_match(v, o.get(k, "*")) for k, v in coords.items()):
             steps = o.get("steps", steps)
             pairs.update(o.get("set", {}))
     return steps, pairs
@@ -131,11 +172,13 @@ def check_runs(cfg: dict[str, Any], grid: pd.DataFrame) -> None:
     """Build and check the training config and the evaluation settings of every grid cell, so
     that a misspelled ``train.set`` key, a bad value, an unknown schedule parameter or sampler is
     an error before any job runs (ValueError naming the key and the run)."""
-    for d, s, m in grid[["dataset", "schedule", "method"]].drop_duplicates().itertuples(False):
+    cells = grid[["dataset", "split", "schedule", "method"]].drop_duplicates()
+    for d, split, s, m in cells.itertuples(False):
         steps, pairs = run_settings(cfg, d, s, m)
-        run = f"run dataset={d} schedule={s} method={m}"
+        run = f"run dataset={d} split={split} schedule={s} method={m}"
         try:
-            tc = TrainConfig(dataset=d, method=m, schedule=s, steps=steps)
+            tc = TrainConfig(dataset=d, method=base_method(cfg, m), schedule=s, steps=steps)
+            tc.split = split
             tc = apply_overrides(tc, [f"{k}={v}" for k, v in pairs.items()])
         except ConfigError as e:
             raise ValueError(

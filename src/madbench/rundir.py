@@ -42,6 +42,8 @@ from madbench._utils import atomic_write
 CONFIG = "config.yaml"
 RUN_INFO = "run_info.json"
 CHECKPOINT = "checkpoint.pt"
+#: the checkpoint kept at ``snapshot_fraction`` of the steps, for the convergence check
+SNAPSHOT = "snapshot.pt"
 NO_WEIGHTS = "no_weights.txt"
 HISTORY = "history.csv"
 PROBES = "probes.csv"
@@ -50,10 +52,12 @@ METRICS = "metrics.json"
 SAMPLES = "samples.npz"
 SCORE_ERROR = "score_error.csv"
 STATUS = "status"
+#: where the evaluation of snapshot.pt goes (metrics.json, samples.npz, score_error.csv)
+SNAPSHOT_EVAL = "snapshot"
 #: the files a run directory may hold, in the order the dashboard links them
 RUN_FILES = (CONFIG, LOG, RUN_INFO, METRICS, HISTORY, PROBES, SAMPLES, SCORE_ERROR)
 #: what a fresh training start removes (everything a run derives from its config)
-TRAINING_FILES = (CHECKPOINT, HISTORY, PROBES, NO_WEIGHTS, LOG)
+TRAINING_FILES = (CHECKPOINT, SNAPSHOT, HISTORY, PROBES, NO_WEIGHTS, LOG)
 HISTORY_COLUMNS = ("step", "loss", "lr", "steps_per_s", "wall_time")
 CHECKPOINT_KEYS = ("step", "config", "model", "ema", "optimizer", "lr_scheduler", "rng")
 #: 2: with a sha256 of its content (format 1, without one, is read unverified)
@@ -61,6 +65,8 @@ CHECKPOINT_FORMAT = 2
 LOCK = ".lock"
 #: what a run derives from its config: a fresh start with another config removes all of it
 DERIVED_FILES = TRAINING_FILES + (RUN_INFO, METRICS, SAMPLES, SCORE_ERROR)
+#: directories a fresh start with another config removes
+DERIVED_DIRS = (STATUS, SNAPSHOT_EVAL)
 
 
 class RunLoadError(RuntimeError):
@@ -90,12 +96,18 @@ class RunDir:
     config = _file(CONFIG)
     run_info = _file(RUN_INFO)
     checkpoint = _file(CHECKPOINT)
+    snapshot = _file(SNAPSHOT)
     history = _file(HISTORY)
     probes = _file(PROBES)
     log = _file(LOG)
     metrics = _file(METRICS)
     samples = _file(SAMPLES)
     score_error = _file(SCORE_ERROR)
+
+    @property
+    def snapshot_metrics(self) -> Path:
+        """The metrics of snapshot.pt (``madbench evaluate --checkpoint snapshot.pt``)."""
+        return self.path / SNAPSHOT_EVAL / METRICS
 
     def status(self, stage: str) -> Path:
         """The pipeline's status file of ``stage`` (train, evaluate)."""

@@ -20,7 +20,7 @@ from madbench.build import build_run, resolve_device
 from madbench.config import ConfigError, TrainConfig, load_config
 from madbench.data import Dataset
 from madbench.methods import Method
-from madbench.rundir import RunDir, RunLoadError, read_checkpoint
+from madbench.rundir import CHECKPOINT, RunDir, RunLoadError, read_checkpoint
 from madbench.schedules import Schedule
 
 __all__ = ["Run", "RunLoadError", "load_method", "load_run"]
@@ -51,9 +51,14 @@ class Run:
 
 
 def load_run(
-    run_dir: str | Path, device: str | torch.device | None = None, weights: str = "ema"
+    run_dir: str | Path,
+    device: str | torch.device | None = None,
+    weights: str = "ema",
+    checkpoint: str = CHECKPOINT,
 ) -> Run:
-    """Rebuild the run in ``run_dir`` on ``device`` (default: cuda if available, else cpu)."""
+    """Rebuild the run in ``run_dir`` on ``device`` (default: cuda if available, else cpu) with
+    the weights of ``checkpoint`` (a file of the run directory: the last checkpoint, or the
+    snapshot kept for the convergence check)."""
     run_dir = Path(run_dir)
     if weights not in ("ema", "model"):
         raise ValueError(f"weights must be 'ema' or 'model', got {weights!r}")
@@ -68,7 +73,7 @@ def load_run(
     method = build_run(cfg, dev)
     step, complete = 0, True
     if method.trainable:
-        ck_path = RunDir(run_dir).checkpoint
+        ck_path = RunDir(run_dir) / checkpoint
         ck = read_checkpoint(ck_path, dev)
         try:
             method.net.load_state_dict(ck[weights])
@@ -79,7 +84,7 @@ def load_run(
             p.requires_grad_(False)
         step = int(ck["step"])
         complete = step == cfg.steps
-        if not complete:
+        if not complete and checkpoint == CHECKPOINT:
             print(
                 f"warning: {ck_path} is at step {step} of {cfg.steps} (training incomplete)",
                 file=sys.stderr,

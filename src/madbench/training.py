@@ -52,12 +52,12 @@ from madbench.data import Dataset
 from madbench.methods import Method, get_method
 from madbench.metrics import distribution_metrics
 from madbench.rundir import (
+    DERIVED_DIRS,
     DERIVED_FILES,
     HISTORY_COLUMNS,
     LOG,
     NO_WEIGHTS,
     RUN_FILES,
-    STATUS,
     TRAINING_FILES,
     RunDir,
     append_row,
@@ -71,7 +71,7 @@ from madbench.rundir import (
 from madbench.sampling import sample
 
 #: every file name that marks a directory as a run directory
-RUN_FILES_ALL = frozenset(RUN_FILES + DERIVED_FILES + (STATUS,))
+RUN_FILES_ALL = frozenset(RUN_FILES + DERIVED_FILES + DERIVED_DIRS)
 #: config keys that may differ between a checkpoint and the run that resumes it
 RESUMABLE_KEYS = (
     "device",
@@ -83,6 +83,7 @@ RESUMABLE_KEYS = (
     "probe_every",
     "probe_n",
     "probe_steps",
+    "snapshot_fraction",
 )
 
 
@@ -376,6 +377,13 @@ def _check_finite(losses: list[Tensor], first_step: int, cfg: TrainConfig) -> li
     return vals
 
 
+def snapshot_step(cfg: TrainConfig) -> int | None:
+    """The step whose checkpoint is kept as snapshot.pt (None without ``snapshot_fraction``)."""
+    if cfg.snapshot_fraction <= 0:
+        return None
+    return max(1, round(cfg.snapshot_fraction * cfg.steps))
+
+
 def _check_finite_parameters(st: TrainState, cfg: TrainConfig) -> None:
     """NonFiniteLossError when an update (the last one included, which no loss has seen yet)
     left a parameter NaN or infinite."""
@@ -397,7 +405,8 @@ def _start_or_resume(cfg: TrainConfig, run: RunDir, overwrite: bool) -> dict[str
     removes every file derived from a config first."""
     if overwrite:
         _remove(run, DERIVED_FILES)
-        shutil.rmtree(run / STATUS, ignore_errors=True)
+        for name in DERIVED_DIRS:
+            shutil.rmtree(run / name, ignore_errors=True)
         return None
     ck = read_checkpoint(run.checkpoint, "cpu") if run.checkpoint.exists() else None
     other = _other_run(cfg, run, ck)
@@ -588,7 +597,8 @@ def _loop(cfg, st: TrainState, run: RunDir, log, tty: bool, stop_after, wb) -> d
         bar.update(1)
         is_log = st.step % cfg.log_every == 0 or st.step == cfg.steps
         is_probe = cfg.probe_every > 0 and (st.step % cfg.probe_every == 0 or st.step == cfg.steps)
-        if is_log or is_probe or st.step % cfg.checkpoint_every == 0:
+        is_snapshot = st.step == snapshot_step(cfg)
+        if is_log or is_probe or is_snapshot or st.step % cfg.checkpoint_every == 0:
             _boundary(cfg, st, run, window, is_probe, log, bar, wb)
     bar.close()
     if st.step == cfg.steps and not run.checkpoint.exists():
@@ -630,4 +640,7 @@ def _boundary(cfg, st: TrainState, run: RunDir, w: _Window, is_probe: bool, log,
         log.info(f"probe at step {st.step}: distance to M {pr['dist_mean']:.3g}")
     if st.step % cfg.checkpoint_every == 0 or st.step == cfg.steps:
         save_checkpoint(run.checkpoint, checkpoint_dict(cfg, st))
+    if st.step == snapshot_step(cfg):
+        save_checkpoint(run.snapshot, checkpoint_dict(cfg, st))
+        log.info(f"snapshot at step {st.step} (for the convergence check): {run.snapshot}")
     w.losses, w.step, w.time = [], st.step, time.perf_counter()

@@ -1,11 +1,14 @@
 # Tables from every run's final status (whatever it is), and the failure check.
 
-TABLE_STEMS = FAMILIES + ["cost", "earth_nll"]
+TABLE_STEMS = FAMILIES + ["cost", "earth_nll", "convergence"]
 
 
 rule aggregate:
     input:
         statuses=all_run_files("status/evaluate.json"),
+        snapshots=all_run_files("status/evaluate_snapshot.json", trainable_only=True)
+        if CONVERGENCE
+        else [],
     output:
         runs=report(
             f"{RESULTS}/tables/runs.csv",

@@ -13,7 +13,9 @@ from snakemake.utils import Paramspace, validate
 
 from madbench.aggregate import dataset_family
 from madbench.figures import RUN_FIGURES as RUN_FIGURE_FUNCTIONS
+from madbench.methods import get_method
 from madbench.pipeline import (
+    base_method,
     build_grid,
     check_names,
     check_ranges,
@@ -28,7 +30,7 @@ validate(config, schema="../schemas/config.schema.yaml")
 check_names(config)  # names against the madbench registries
 check_ranges(config)  # sigma_min < sigma_max, beta_min < beta_max
 
-RESULTS = "results"
+RESULTS = config.get("results", "results")
 # Run stages on the GPU when this machine has one (profiles may override with set-resources).
 GPU_PER_JOB = 1 if torch.cuda.is_available() else 0
 # The CLI by name when it is on PATH (so that moving the checkout does not change every job's
@@ -46,6 +48,9 @@ def log_excluded(excluded):
 
 
 GRID, EXCLUDED = build_grid(config)
+# Convergence check (config key `convergence`): trainable runs keep snapshot.pt at this fraction
+# of their steps, evaluated like the final weights (rule evaluate_snapshot).
+CONVERGENCE = config.get("convergence", {}).get("fraction")
 check_runs(config, GRID)  # every run's training config and evaluation settings, before any job
 log_excluded(EXCLUDED)
 RUNS = Paramspace(GRID)
@@ -55,33 +60,46 @@ FAMILIES = sorted({dataset_family(d) for d in GRID["dataset"]})
 
 
 def run_dir(wildcards):
-    """results/runs/dataset~D/schedule~S/method~M/seed~N for a job's wildcards."""
+    """results/runs/dataset~D/split~P/schedule~S/method~M/seed~N for a job's wildcards."""
     pattern = RUNS.wildcard_pattern.format(**dict(wildcards.items()))
     return f"{RESULTS}/runs/{pattern}"
 
 
-def all_run_files(name):
-    """``name`` (a path inside a run directory) for every run of the grid."""
-    return [f"{RESULTS}/runs/{p}/{name}" for p in RUNS.instance_patterns]
+def all_run_files(name, trainable_only=False):
+    """``name`` (a path inside a run directory) for every run of the grid (or its trainable
+    runs: the methods with weights)."""
+    patterns = RUNS.instance_patterns
+    if trainable_only:
+        keep = [get_method(base_method(config, m)).trainable for m in GRID["method"]]
+        patterns = [p for p, k in zip(patterns, keep) if k]
+    return [f"{RESULTS}/runs/{p}/{name}" for p in patterns]
 
 
 def train_cmd(wildcards, resources):
     """`madbench train ...` (shell-quoted); --device cuda when the job holds a GPU, else cpu."""
     steps, pairs = run_settings(config, wildcards.dataset, wildcards.schedule, wildcards.method)
     device = "cuda" if resources.gpu > 0 else "cpu"
-    argv = [MADBENCH, "train", "--dataset", wildcards.dataset, "--method", wildcards.method,
+    method = base_method(config, wildcards.method)
+    argv = [MADBENCH, "train", "--dataset", wildcards.dataset, "--method", method,
             "--schedule", wildcards.schedule, "--seed", str(wildcards.seed),
-            "--steps", str(steps), "--out", run_dir(wildcards), "--device", device]
+            "--steps", str(steps), "--out", run_dir(wildcards), "--device", device,
+            "--set", f"split={wildcards.split}"]
     for key, value in pairs.items():
         argv += ["--set", f"{key}={value}"]
+    if CONVERGENCE and get_method(method).trainable:
+        argv += ["--set", f"snapshot_fraction={CONVERGENCE}"]
     return shlex.join(argv)
 
 
-def evaluate_cmd(wildcards):
+def evaluate_cmd(wildcards, snapshot=False):
     """`madbench evaluate ...` (shell-quoted) writing metrics.json, score_error.csv and
-    samples.npz into the run directory; config `sample` sets the evaluation's sampler."""
+    samples.npz into the run directory (with ``snapshot``: the weights of snapshot.pt, into
+    RUN/snapshot/); config `sample` sets the evaluation's sampler."""
     run = run_dir(wildcards)
-    argv = [MADBENCH, "evaluate", "--run", run, "--out", f"{run}/metrics.json"]
+    out = f"{run}/snapshot/metrics.json" if snapshot else f"{run}/metrics.json"
+    argv = [MADBENCH, "evaluate", "--run", run, "--out", out]
+    if snapshot:
+        argv += ["--checkpoint", "snapshot.pt"]
     for name, value in evaluate_overrides(config).items():
         argv += ["--set", f"{name}={value}"]
     return shlex.join(argv)
@@ -109,7 +127,9 @@ def next_attempt(stage):
 
 def run_meta(wildcards):
     """The run's grid coordinates as key=value words, stored in every status file."""
-    return " ".join(f"{k}={getattr(wildcards, k)}" for k in ("dataset", "schedule", "method", "seed"))
+    return " ".join(
+        f"{k}={getattr(wildcards, k)}" for k in ("dataset", "split", "schedule", "method", "seed")
+    )
 
 
 # ---- rate separation (workflow/rules/rate_separation.smk)
@@ -130,7 +150,7 @@ def rs_learned_runs():
             if len(rows):
                 seed = int(rows.seed.min())
                 out[f"{method}:{key}"] = (
-                    f"{RESULTS}/runs/dataset~{dataset}/schedule~ve/method~{method}/seed~{seed}"
+                    f"{RESULTS}/runs/dataset~{dataset}/split~none/schedule~ve/method~{method}/seed~{seed}"
                 )
     return out
 

@@ -1,4 +1,4 @@
-# One run = train -> evaluate (which samples and writes samples.npz) in results/runs/dataset~D/schedule~S/method~M/seed~N/.
+# One run = train -> evaluate (which samples and writes samples.npz) in RESULTS/runs/dataset~D/split~P/schedule~S/method~M/seed~N/.
 # Each stage writes status/<stage>.json whatever happens (workflow/scripts/run_stage.py): a failed
 # stage does not fail the job; later stages skip and the tables mark the run failed. A failed
 # stage is retried on the next invocation (its `attempt` param grows) up to config max_attempts.
@@ -54,3 +54,30 @@ rule evaluate:
         "python3 {params.stage_script:q} --stage evaluate --status {output.status:q} --log {log:q}"
         " --upstream {input:q} --gpus {resources.gpu} --threads {threads} --attempt {params.attempt}"
         " --run-dir {params.run_dir:q} --meta {params.meta} -- {params.cmd}"
+
+
+rule evaluate_snapshot:
+    input:
+        f"{RUN}/status/train.json",
+    output:
+        status=f"{RUN}/status/evaluate_snapshot.json",
+    log:
+        f"{RESULTS}/logs/evaluate_snapshot/{RUN_PATTERN}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/evaluate_snapshot/{RUN_PATTERN}.tsv"
+    params:
+        cmd=lambda wildcards: evaluate_cmd(wildcards, snapshot=True),
+        meta=run_meta,
+        run_dir=run_dir,
+        stage_script=STAGE_SCRIPT,
+        attempt=next_attempt("evaluate_snapshot"),
+    threads: 1
+    resources:
+        gpu=GPU_PER_JOB,
+    conda:
+        "../envs/madbench.yaml"
+    shell:
+        "python3 {params.stage_script:q} --stage evaluate_snapshot --status {output.status:q}"
+        " --log {log:q} --upstream {input:q} --gpus {resources.gpu} --threads {threads}"
+        " --attempt {params.attempt} --run-dir {params.run_dir:q} --meta {params.meta}"
+        " -- {params.cmd}"

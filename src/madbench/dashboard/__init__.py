@@ -29,6 +29,7 @@ from madbench.aggregate import (
     COORDS,
     headline_metrics,
     metric_columns,
+    run_pattern,
     summarize,
     wide_table,
 )
@@ -83,7 +84,7 @@ def run_links(row: pd.Series, results: Path, page_dir: Path) -> dict[str, str]:
     """Label -> relative href for the run's files and Snakemake logs that exist."""
     run = Path(row["run_dir"])
     links = {name: rel(run / name, page_dir) for name in RUN_FILES if (run / name).exists()}
-    pattern = "/".join(run.parts[-4:])
+    pattern = run_pattern(run)
     for stage in STAGES:
         log = results / "logs" / stage / f"{pattern}.log"
         if log.exists():
@@ -175,7 +176,7 @@ def page_data(runs: pd.DataFrame, results: Path, page_dir: Path) -> dict:
     return {
         "runs": run_records(runs, results, page_dir),
         "columns": COORDS + ["status"] + metrics + info,
-        "filters": ["dataset", "schedule", "method", "seed", "status"],
+        "filters": ["dataset", "split", "schedule", "method", "seed", "status"],
     }
 
 

@@ -439,16 +439,21 @@ def bingham_matrix(f: Tensor) -> Tensor:
     return torch.stack([torch.stack(r, -1) for r in rows], -2)
 
 
+#: Newton steps for the ACG constant: from b = 1 the error is below 1e-15 relative after 8
+_ACG_NEWTON_STEPS = 10
+
+
 def _acg_b(lam: Tensor) -> Tensor:
-    """Root b in (0, 4] of sum_i 1 / (b + 2 lam_i) = 1 (lam (n, 4) >= 0), by bisection."""
-    lo = torch.zeros_like(lam[:, 0])
-    hi = torch.full_like(lo, 4.0)
-    for _ in range(80):
-        mid = (lo + hi) / 2
-        big = (1.0 / (mid[:, None] + 2 * lam)).sum(-1) > 1
-        lo = torch.where(big, mid, lo)
-        hi = torch.where(big, hi, mid)
-    return (lo + hi) / 2
+    """Root b in [1, 4] of g(b) = sum_i 1 / (b + 2 lam_i) - 1 = 0 (lam (n, 4) >= 0 with one zero).
+
+    g is convex and decreasing, and g(1) >= 0 (the zero eigenvalue alone gives 1/b), so Newton
+    from b = 1 increases monotonically to the root: a fixed number of steps, no host sync
+    (the 80-step bisection this replaces cost ten times more per training batch)."""
+    b = torch.ones_like(lam[:, 0])
+    for _ in range(_ACG_NEWTON_STEPS):
+        r = 1.0 / (b[:, None] + 2 * lam)
+        b = b + (r.sum(-1) - 1) / (r * r).sum(-1)
+    return b
 
 
 def sample_matrix_fisher(f: Tensor, generator: torch.Generator | None = None) -> Tensor:
