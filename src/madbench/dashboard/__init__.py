@@ -33,6 +33,7 @@ from madbench.aggregate import (
     summarize,
     wide_table,
 )
+from madbench.leaderboard import ARROW, BETTER, Board, leaderboards
 from madbench.rate_separation.outputs import SLOPE_COLUMNS, SLOPES, rate_separation_dir
 from madbench.rundir import RUN_FILES, RunDir, read_csv
 
@@ -127,6 +128,40 @@ def summary_sections(runs: pd.DataFrame) -> str:
     return "\n".join(parts)
 
 
+def board_html(board: Board) -> str:
+    """One leaderboard: methods x headline metrics (an arrow per metric), the noise-floor row,
+    the leader of a metric in bold where its interval separates from every other method's."""
+    head = "".join(
+        f"<th>{html.escape(str(c))}" + (f" {ARROW[BETTER[c]]}" if c in BETTER else "") + "</th>"
+        for c in board.table.columns
+    )
+    rows = []
+    for r in board.table.itertuples(index=False):
+        cells = []
+        for col, value in zip(board.table.columns, r, strict=True):
+            text = html.escape(str(value))
+            lead = board.leaders.get(col)
+            bold = lead is not None and lead[1] and lead[0] == r.method
+            cells.append(f'<td class="leader">{text}</td>' if bold else f"<td>{text}</td>")
+        floor = ' class="floor"' if r.method == "noise floor" else ""
+        rows.append(f"<tr{floor}>{''.join(cells)}</tr>")
+    title = html.escape(f"{board.dataset}" + ("" if board.split == "none" else f" ({board.split})"))
+    return (
+        f'<h4>{title}, {html.escape(board.schedule)}</h4><table class="board">'
+        f"<thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    )
+
+
+def leaderboard_section(runs: pd.DataFrame) -> str:
+    """Per family, a leaderboard per dataset and schedule (:mod:`madbench.leaderboard`)."""
+    summary = summarize(runs)
+    parts = []
+    for fam in sorted(summary["family"].dropna().unique()):
+        boards = "".join(board_html(b) for b in leaderboards(summary, fam))
+        parts.append(f'<section class="family"><h3>{html.escape(str(fam))}</h3>{boards}</section>')
+    return "\n".join(parts) or "<p>No finished runs yet.</p>"
+
+
 def rate_separation_section(results: Path) -> str:
     """The fitted slopes of the rate-separation experiments with their predictions, if run."""
     path = rate_separation_dir(results) / SLOPES
@@ -202,6 +237,7 @@ def build_dashboard(
         n_failed=n_failed,
         failed_class="bad" if n_failed else "good",
         summary=summary_sections(runs),
+        leaderboard=leaderboard_section(runs),
         figures=figure_section(Path(figures_dir), page_dir),
         tables=table_links(Path(tables_dir), page_dir),
         rate_separation=rate_separation_section(Path(results_dir)),
