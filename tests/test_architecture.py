@@ -18,7 +18,7 @@ LAYERS = [
     ("geometry", ["manifolds", "schedules", "data"]),
     ("methods", ["nets", "methods"]),
     ("solvers", ["ode", "likelihood", "sampling", "metrics"]),
-    ("run", ["config", "build", "rundir", "training", "runs"]),
+    ("run", ["config", "build", "rundir", "training", "stack", "runs"]),
     ("evaluation", ["evaluate"]),
     (
         "reports",

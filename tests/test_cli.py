@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -62,6 +63,24 @@ def test_list(capsys, what, expected):
 def test_bad_names_exit_2_with_the_known_ones(capsys, tmp_path, argv, needle):
     rc, _, err = run_cli(capsys, "train", *argv, "--out", str(tmp_path / "r"), *TINY)
     assert rc == 2 and needle in err and "Traceback" not in err
+    assert not (tmp_path / "r" / "checkpoint.pt").exists()
+
+
+@pytest.mark.parametrize(
+    "spec, needle",
+    [
+        ("{}", "--spec must be a non-empty JSON list"),
+        ("[{", "--spec must be a non-empty JSON list"),
+        ('[{"dataset": "toy"}]', "--spec run 0: needs 'out'"),
+        ('[{"out": "R", "datset": "toy"}]', "unknown keys ['datset']"),
+        ('[{"out": "R", "dataset": "toy", "method": "oracle"}]', "cannot be stacked"),
+        ('[{"out": "R"}, {"out": "S", "set": ["lr=0.1"]}]', "share config keys lr"),
+    ],
+)
+def test_train_stack_rejects_a_bad_spec_with_one_line(capsys, tmp_path, spec, needle):
+    rc, _, err = run_cli(capsys, "train-stack", "--stack-dir", str(tmp_path / "s"), "--spec",
+                         spec.replace('"R"', json.dumps(str(tmp_path / "r"))))  # fmt: skip
+    assert rc == 2 and needle in err and "Traceback" not in err, err
     assert not (tmp_path / "r" / "checkpoint.pt").exists()
 
 

@@ -3,6 +3,7 @@
     madbench list methods|datasets|schedules
     madbench train --dataset D --method M --schedule S --seed N --steps K --out RUN_DIR
                    [--device auto|cpu|cuda] [--set key=value ...] [--overwrite]
+    madbench train-stack --stack-dir DIR --spec JSON [--device ...]
     madbench sample --run RUN_DIR --n N --out FILE.npz [--sampler NAME] [--steps K] [--seed S]
     madbench evaluate --run RUN_DIR --out FILE.json
     madbench findings [--results results/study] [--out docs/findings]
@@ -36,7 +37,14 @@ def _parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("list", help="list registered methods, datasets or schedules")
     ls.add_argument("what", choices=["methods", "datasets", "schedules"])
     ls.add_argument("-v", "--verbose", action="store_true", help="one line of detail each")
+    _training_parsers(sub)
+    _evaluation_parsers(sub)
+    sub.add_parser("rate-separation", help="rate-separation experiments", add_help=False)
+    return p
 
+
+def _training_parsers(sub) -> None:
+    """madbench train and madbench train-stack."""
     tr = sub.add_parser("train", help="train one run (resumes from RUN_DIR's checkpoint)")
     tr.add_argument("--dataset", required=True)
     tr.add_argument("--method", required=True)
@@ -55,6 +63,20 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument("--overwrite", action="store_true", help="ignore an existing checkpoint")
     tr.add_argument("--no-progress", action="store_true", help="plain log lines, no bar")
 
+    ts = sub.add_parser("train-stack", help="train several runs as one stacked model")
+    ts.add_argument("--stack-dir", required=True, type=Path, help="the stack's directory")
+    ts.add_argument(
+        "--spec",
+        required=True,
+        help='JSON list of runs: [{"out": DIR, "dataset": D, "method": M, "schedule": S, '
+        '"seed": N, "steps": K, "set": ["key=value", ...]}, ...]',
+    )
+    ts.add_argument("--device", default=None, help="auto (default), cpu, cuda or cuda:N")
+    ts.add_argument("--no-progress", action="store_true", help="no bar")
+
+
+def _evaluation_parsers(sub) -> None:
+    """madbench sample, evaluate and findings."""
     sa = sub.add_parser("sample", help="draw samples from a trained run into an .npz")
     sa.add_argument("--run", required=True, type=Path)
     sa.add_argument("--n", required=True, type=int)
@@ -87,9 +109,6 @@ def _parser() -> argparse.ArgumentParser:
     fi.add_argument("--out", type=Path, default=Path("docs/findings"))
     fi.add_argument("--command", default="make study", help="the command that made the results")
     fi.add_argument("--wall-time", type=float, default=None, help="the study's wall time (s)")
-
-    sub.add_parser("rate-separation", help="rate-separation experiments", add_help=False)
-    return p
 
 
 # ---------------------------------------------------------------------- commands
@@ -181,6 +200,35 @@ def cmd_sample(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_train_stack(args: argparse.Namespace) -> None:
+    import json
+
+    from madbench.config import TrainConfig, apply_overrides
+    from madbench.stack import train_stack
+
+    try:
+        spec = json.loads(args.spec)
+        assert isinstance(spec, list) and spec and all(isinstance(r, dict) for r in spec)
+    except (ValueError, AssertionError):
+        raise UsageError("--spec must be a non-empty JSON list of run objects") from None
+    cfgs, outs = [], []
+    for i, r in enumerate(spec):
+        unknown = set(r) - {"out", "dataset", "method", "schedule", "seed", "steps", "set"}
+        if unknown or "out" not in r:
+            raise UsageError(f"--spec run {i}: needs 'out', unknown keys {sorted(unknown)}")
+        keys = ("dataset", "method", "schedule", "seed", "steps")
+        cfg = TrainConfig(**{k: r[k] for k in keys if k in r})
+        if args.device is not None:
+            cfg.device = args.device
+        cfgs.append(apply_overrides(cfg, list(r.get("set", []))))
+        outs.append(Path(r["out"]))
+        _check_writable_dir(outs[-1])
+    progress = False if args.no_progress else None
+    done = train_stack(cfgs, outs, args.stack_dir, progress=progress)
+    failed = [d["out"] for d in done if d.get("status") == "failed"]
+    print(f"trained a stack of {len(done)} runs ({len(failed)} failed): {args.stack_dir}")
+
+
 def _check_writable_file(path: Path) -> None:
     """UsageError unless ``path`` can be written as a file (before any work is done)."""
     if path.is_dir():
@@ -238,6 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     commands = {
         "list": cmd_list,
         "train": cmd_train,
+        "train-stack": cmd_train_stack,
         "sample": cmd_sample,
         "evaluate": cmd_evaluate,
         "findings": cmd_findings,

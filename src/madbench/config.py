@@ -144,6 +144,10 @@ class TrainConfig:
     #: also keep the checkpoint of this fraction of the steps as snapshot.pt (0.8: the state
     #: 20 % before the end, for the convergence check); 0: none
     snapshot_fraction: float = 0.0
+    #: synthetic training data drawn this many batches at a time (one sampler call, and its
+    #: rejection rounds' host synchronisation, per block); 0: auto, 64 on CUDA and 1 on the CPU
+    #: (where a block saves nothing and 1 keeps every earlier run's random stream)
+    data_block: int = 0
     device: str = "auto"
     wandb: bool = False
     wandb_project: str = "madbench"
@@ -170,6 +174,7 @@ class TrainConfig:
             ("probe_n", self.probe_n >= 2, "must be >= 2"),
             ("probe_steps", self.probe_steps >= 1, "must be >= 1"),
             ("snapshot_fraction", 0 <= self.snapshot_fraction < 1, "must lie in [0, 1)"),
+            ("data_block", self.data_block >= 0, "must be >= 0 (0: auto)"),
             ("device", _valid_device(self.device), "must be auto, cpu, cuda or cuda:N"),
         ]
 

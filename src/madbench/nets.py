@@ -89,3 +89,56 @@ def call_net(net: nn.Module, x: Tensor, log_level: Tensor) -> Tensor:
 def count_parameters(net: nn.Module | None) -> int:
     """Number of trainable parameters (0 for None)."""
     return 0 if net is None else sum(p.numel() for p in net.parameters() if p.requires_grad)
+
+
+class StackedMLP(nn.Module):
+    """K ScoreMLPs of one architecture evaluated as one: each parameter of the ScoreMLP gets a
+    leading axis K and the layers are batched matrix products (``torch.baddbmm``), so a stack of
+    runs costs one network call per step instead of K.
+
+    ``forward(x, log_level)`` takes x (K, n, in_dim) and log_level (K, n) and returns
+    (K, n, out_dim); slice k equals ``nets[k](x[k], log_level[k])`` up to floating-point
+    summation order. Parameter names are the ScoreMLP's with '.' replaced by '__'.
+    """
+
+    def __init__(self, nets: list[ScoreMLP]):
+        super().__init__()
+        first = nets[0]
+        names = [n for n, _ in first.named_parameters()]
+        for net in nets[1:]:
+            if [(n, p.shape) for n, p in net.named_parameters()] != [
+                (n, p.shape) for n, p in first.named_parameters()
+            ] or type(net.body[1]) is not type(first.body[1]):
+                raise ValueError("a stack needs networks of one architecture")
+        self.n_fourier, self.names = first.n_fourier, names
+        self.act = first.body[1]
+        # pairs, not a dict: ParameterDict sorts a dict's keys, and the parameter order must be
+        # the ScoreMLP's so that optimiser-state indices mean the same in both
+        self.stacked = nn.ParameterDict(
+            [
+                (
+                    n.replace(".", "__"),
+                    nn.Parameter(
+                        torch.stack([dict(m.named_parameters())[n].detach() for m in nets])
+                    ),
+                )
+                for n in names
+            ]
+        )
+        self.layers = [i for i, m in enumerate(first.body) if isinstance(m, nn.Linear)]
+
+    def _linear(self, h: Tensor, name: str) -> Tensor:
+        w, b = self.stacked[f"{name}__weight"], self.stacked[f"{name}__bias"]
+        return torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
+
+    def forward(self, x: Tensor, log_level: Tensor) -> Tensor:
+        feats = fourier_features(log_level.reshape(-1), self.n_fourier)
+        h = torch.cat([x, feats.reshape(*log_level.shape, -1)], -1)
+        for i in self.layers:
+            h = self.act(self._linear(h, f"body__{i}"))
+        return self._linear(h, "out")
+
+    def member_state(self, k: int, tensors: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
+        """Member k's slice of ``tensors`` (default: the parameters) as a ScoreMLP state dict."""
+        src = dict(self.stacked) if tensors is None else tensors
+        return {n: src[n.replace(".", "__")][k].detach().clone() for n in self.names}

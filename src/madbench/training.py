@@ -93,13 +93,22 @@ class NonFiniteLossError(RuntimeError):
 
 # ---------------------------------------------------------------------- building blocks
 class DataStream:
-    """Training batches on ``device``: fresh samples (synthetic) or seeded index draws from the
-    train split moved to the device once (empirical). float32, shape (batch_size, D)."""
+    """Training batches on ``device``, float32 (batch_size, D): seeded index draws from the
+    train split moved to the device once (empirical data), or fresh samples (synthetic), drawn
+    ``block`` batches at a time (0: 64 on CUDA, 1 on the CPU; see TrainConfig.data_block).
 
-    def __init__(self, dataset: Dataset, batch_size: int, generator: torch.Generator):
+    :meth:`state` and :meth:`restore` carry a block across a checkpoint: the generator state
+    at the block's start and the batches used, so a resumed run draws what it would have."""
+
+    def __init__(
+        self, dataset: Dataset, batch_size: int, generator: torch.Generator, block: int = 0
+    ):
         self.dataset, self.batch_size, self.generator = dataset, batch_size, generator
         self.device = generator.device
+        self.block = block or (64 if self.device.type == "cuda" else 1)
         self.train: Tensor | None = None
+        self.pool: Tensor | None = None
+        self.used, self.start = 0, generator.get_state()
         if dataset.empirical:
             split = dataset.split(dataset.split_kind, dataset.split_seed)
             self.train = split["train"].to(self.device, torch.float32)
@@ -113,8 +122,34 @@ class DataStream:
                 device=self.device,
             )
             return self.train[idx]
-        x = self.dataset.sample(self.batch_size, generator=self.generator)
-        return x.to(self.device, torch.float32)
+        if self.pool is None or self.used == self.block:
+            self._draw()
+        self.used += 1
+        return self.pool[self.used - 1]
+
+    def _draw(self) -> None:
+        self.start = self.generator.get_state()
+        x = self.dataset.sample(self.block * self.batch_size, generator=self.generator)
+        self.pool = x.to(self.device, torch.float32).reshape(self.block, self.batch_size, -1)
+        self.used = 0
+
+    def state(self) -> dict[str, Any] | None:
+        """The open block (None between blocks, and for empirical data)."""
+        if self.pool is None or self.used == self.block:
+            return None
+        return {"block": self.block, "start": self.start, "used": self.used}
+
+    def restore(self, state: dict[str, Any] | None) -> None:
+        """Reopen a block saved by :meth:`state` (the generator is at its end already)."""
+        if state is None:
+            return
+        end = self.generator.get_state()
+        self.block = int(state["block"])
+        self.generator.set_state(state["start"].cpu())
+        self._draw()
+        self.used = int(state["used"])
+        if not torch.equal(self.generator.get_state(), end):
+            raise RuntimeError("checkpoint: the data block does not lead to the saved generator")
 
 
 def lr_factor(step: int, total: int, warmup: int, final_ratio: float = 0.0) -> float:
@@ -265,6 +300,9 @@ class TrainState:
     noise_gen: torch.Generator
     step: int = 0
     elapsed: float = 0.0
+    stream: DataStream | None = None
+    #: a checkpoint's open data block, reopened when the stream is made
+    data_block: dict[str, Any] | None = None
 
 
 def make_state(cfg: TrainConfig, method: Method, device: torch.device) -> TrainState:
@@ -293,6 +331,9 @@ def checkpoint_dict(cfg: TrainConfig, st: TrainState) -> dict[str, Any]:
     }
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
+    block = st.stream.state() if st.stream is not None else st.data_block
+    if block is not None:
+        rng["data_block"] = block
     return {
         "method": cfg.method,
         "config": cfg.to_dict(),
@@ -314,6 +355,7 @@ def restore_state(st: TrainState, ck: dict[str, Any]) -> None:
     st.scheduler.load_state_dict(ck["lr_scheduler"])
     st.data_gen.set_state(ck["rng"]["data"].cpu())
     st.noise_gen.set_state(ck["rng"]["noise"].cpu())
+    st.data_block = ck["rng"].get("data_block")
     torch.set_rng_state(ck["rng"]["torch"].cpu())
     if "cuda" in ck["rng"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([s.cpu() for s in ck["rng"]["cuda"]])
@@ -336,27 +378,30 @@ def config_differences(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -
 
 @torch.no_grad()
 def probe(st: TrainState, cfg: TrainConfig) -> dict[str, float]:
-    """Sample quality of the EMA weights now: distance to M of the raw samples and the
-    distributional metrics of :func:`madbench.metrics.distribution_metrics` against fresh data.
-
-    ``probe_n`` samples with the method's default sampler in ``probe_steps`` steps, from a
-    generator seeded by (seed, step): the training generators are untouched, so a run with
-    probes ends with the same weights as one without. The EMA weights are swapped in and out.
-    """
-    method, net = st.method, st.method.net
+    """:func:`sample_quality` of the EMA weights now (swapped into the network and out again;
+    the probe's generators are its own, so a run with probes ends with the same weights)."""
+    net = st.method.net
     live = [p.detach().clone() for p in st.ema.params]
     for p, e in zip(st.ema.params, st.ema.shadow, strict=True):
         p.data.copy_(e)
     net.eval()
     try:
-        dev = st.ema.shadow[0].device
-        g = make_generator(1_000_003 * cfg.seed + st.step, dev)
-        s = sample(method, cfg.probe_n, steps=cfg.probe_steps, generator=g)
-        ref = method.dataset.sample(cfg.probe_n, generator=make_generator(cfg.seed + 17))
+        return sample_quality(st.method, cfg, st.step)
     finally:
         for p, v in zip(st.ema.params, live, strict=True):
             p.data.copy_(v)
         net.train()
+
+
+@torch.no_grad()
+def sample_quality(method: Method, cfg: TrainConfig, step: int) -> dict[str, float]:
+    """Distance to M of ``probe_n`` raw samples (the method's default sampler, ``probe_steps``
+    steps, a generator seeded by (seed, step)) and the distributional metrics of
+    :func:`madbench.metrics.distribution_metrics` of the projected ones against fresh data."""
+    dev = method.device
+    g = make_generator(1_000_003 * cfg.seed + step, dev)
+    s = sample(method, cfg.probe_n, steps=cfg.probe_steps, generator=g)
+    ref = method.dataset.sample(cfg.probe_n, generator=make_generator(cfg.seed + 17))
     raw, proj = s["raw"].double().cpu(), s["projected"].double().cpu()
     row = {"dist_mean": float(method.manifold.distance_to_manifold(raw).mean())}
     if torch.isfinite(raw).all():
@@ -582,7 +627,8 @@ def _loop(cfg, st: TrainState, run: RunDir, log, tty: bool, stop_after, wb) -> d
     """The optimisation steps from st.step to cfg.steps (or ``stop_after``)."""
     net = st.method.net
     params = list(net.parameters())
-    stream = DataStream(st.method.dataset, cfg.batch_size, st.data_gen)
+    stream = st.stream = DataStream(st.method.dataset, cfg.batch_size, st.data_gen, cfg.data_block)
+    stream.restore(st.data_block)
     bar = tqdm(total=cfg.steps, initial=st.step, disable=not tty, dynamic_ncols=True)
     window = _Window(st.step, time.perf_counter())
     net.train()

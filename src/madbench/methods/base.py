@@ -106,9 +106,37 @@ class Method(ABC):
     def check_supported(cls, dataset: Dataset) -> None:
         """Raise ValueError (naming method and dataset) if the method cannot run on it."""
 
-    @abstractmethod
     def loss(self, x0: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """Scalar training loss on data points x0 of shape (n, D)."""
+        """Scalar training loss on data points x0 of shape (n, D): :meth:`loss_inputs`, the
+        network, then the mean of :meth:`example_losses` (the pieces a stack of runs batches:
+        every run's draws, then one network call and one loss for the runs of one method)."""
+        (x, log_level), context = self.loss_inputs(x0, generator)
+        return self.example_losses(call_net(self.net, x, log_level), context).mean()
+
+    def loss_inputs(
+        self, x0: Tensor, generator: torch.Generator | None
+    ) -> tuple[tuple[Tensor, Tensor], Any]:
+        """The network's input ((n, D) points, (n,) log noise levels) and a context for
+        :meth:`example_losses`: :meth:`loss_draws` from ``generator``, then
+        :meth:`loss_inputs_from`."""
+        return self.loss_inputs_from(x0, self.loss_draws(x0, generator))
+
+    def loss_draws(self, x0: Tensor, generator: torch.Generator | None) -> tuple[Tensor, ...]:
+        """Every random draw of one training step on x0, each with one row per row of x0 (so
+        the draws of several runs concatenate). Trainable methods define it."""
+        raise NotImplementedError(f"method {self.name!r} has no network to train")
+
+    def loss_inputs_from(
+        self, x0: Tensor, draws: tuple[Tensor, ...]
+    ) -> tuple[tuple[Tensor, Tensor], Any]:
+        """The network's input and the loss context from x0 and its :meth:`loss_draws`
+        (deterministic and row-wise: the rows of several runs may come in one call)."""
+        raise NotImplementedError(f"method {self.name!r} has no network to train")
+
+    def example_losses(self, out: Tensor, context: Any) -> Tensor:
+        """Each example's loss (n,) from the network's output (n, D) and the context of
+        :meth:`loss_inputs_from` (row-wise, like it)."""
+        raise NotImplementedError(f"method {self.name!r} has no network to train")
 
     @abstractmethod
     def score(self, x: Tensor, t: Tensor) -> Tensor:
@@ -148,17 +176,26 @@ class AmbientMethod(Method):
         s = self.schedule.std(t64).reshape(-1, 1)
         return a.to(dtype), s.to(dtype)
 
+    def network_inputs(self, x: Tensor, a: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
+        """(c_in x, log sigma): the network's input at x_t, c_in = 1/sqrt(a^2 + s^2) if
+        ``input_scaling`` else 1."""
+        scale = torch.rsqrt(a * a + s * s) if self.params.input_scaling else 1.0
+        return scale * x, torch.log(s / a).reshape(-1)
+
     def network(self, x: Tensor, a: Tensor, s: Tensor) -> Tensor:
-        """net(c_in x, log sigma), c_in = 1/sqrt(a^2 + s^2) if ``input_scaling`` else 1 (in the
-        network's dtype; the result in x's dtype)."""
+        """net(c_in x, log sigma) (in the network's dtype; the result in x's dtype)."""
         if self.net is None:
             raise RuntimeError(f"method {self.name!r} has no network")
-        scale = torch.rsqrt(a * a + s * s) if self.params.input_scaling else 1.0
-        return call_net(self.net, scale * x, torch.log(s / a).reshape(-1))
+        return call_net(self.net, *self.network_inputs(x, a, s))
 
-    @abstractmethod
+    def combine(self, out: Tensor, x: Tensor, a: Tensor, s: Tensor) -> Tensor:
+        """The scaled score from the network's output ``out`` at x_t (default: ``out`` itself,
+        i.e. DSM; MAD adds the base score)."""
+        return out
+
     def scaled_score(self, x: Tensor, a: Tensor, s: Tensor) -> Tensor:
         """u = s * score at x_t (n, D) with a = alpha(t), s = std(t) of shape (n, 1)."""
+        return self.combine(self.network(x, a, s), x, a, s)
 
     def score(self, x: Tensor, t: Tensor) -> Tensor:
         """Model score u(x, t) / std(t) at x (n, D), times t (n,)."""
@@ -173,19 +210,39 @@ class AmbientMethod(Method):
         """Weight w of each example's squared error, shape (n, 1) like a and s (None: w = 1)."""
         return None
 
-    def loss(self, x0: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """E w || u(a x0 + s eps, t) + eps ||^2 over the batch (t ~ sample_t, eps Gaussian)."""
+    def loss_draws(self, x0: Tensor, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+        """(t ~ sample_t, eps Gaussian like x0)."""
         t = self.sample_t(x0.shape[0], generator, x0.device)
         eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        return t, eps
+
+    def noised(self, x0: Tensor, draws: tuple[Tensor, Tensor]) -> tuple[Tensor, ...]:
+        """(x_t = a x0 + s eps, a, s, eps) with a = alpha(t), s = std(t) of shape (n, 1)."""
+        t, eps = draws
         a, s = self.coefficients(t, x0.dtype)
-        u = self.scaled_score(a * x0 + s * eps, a, s)
+        return a * x0 + s * eps, a, s, eps
+
+    def loss_inputs_from(self, x0: Tensor, draws: tuple[Tensor, Tensor]):
+        """The network's input at x_t; the context :meth:`noised`."""
+        context = self.noised(x0, draws)
+        x_t, a, s, _ = context
+        return self.network_inputs(x_t, a, s), context
+
+    def example_losses(self, out: Tensor, context) -> Tensor:
+        """The errors of the scaled score u = combine(out, x_t, a, s) (:meth:`scaled_errors`)."""
+        x_t, a, s, _ = context
+        return self.scaled_errors(self.combine(out, x_t, a, s), context)
+
+    def scaled_errors(self, u: Tensor, context) -> Tensor:
+        """w || u + eps ||^2 per example (n,) for the scaled score u at x_t (n, D)."""
+        _, a, s, eps = context
         err = (u + eps).square().sum(-1)
         w = self.loss_weight(a, s)
         if w is not None:
             if w.shape != a.shape:
                 raise ValueError(f"loss_weight must have shape {tuple(a.shape)}, got {w.shape}")
             err = w.reshape(-1) * err
-        return err.mean()
+        return err
 
 
 # ---------------------------------------------------------------------- registry

@@ -28,8 +28,8 @@ class MAD(AmbientMethod):
         sigma = s / a
         return sigma * self.manifold.base_score(x / a, sigma.reshape(-1))
 
-    def scaled_score(self, x: Tensor, a: Tensor, s: Tensor) -> Tensor:
-        return self.base_scaled(x, a, s) + self.network(x, a, s)
+    def combine(self, out: Tensor, x: Tensor, a: Tensor, s: Tensor) -> Tensor:
+        return self.base_scaled(x, a, s) + out
 
     def remainder(self, x: Tensor, t: Tensor) -> Tensor:
         """The learned remainder r(x, t) = score - s_base,t = net / s (n, D)."""
