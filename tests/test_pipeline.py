@@ -165,6 +165,63 @@ def test_run_settings_apply_overrides_in_order():
     )
 
 
+def test_stacks_group_one_dimension_and_split_by_seed_and_keep_shapes_apart():
+    from madbench.pipeline import build_grid, stack_groups, stack_size
+
+    cfg = yaml.safe_load((REPO / "config/test.yaml").read_text())
+    cfg["grid"]["seeds"] = [0, 1, 2]
+    cfg["train"]["overrides"] = [{"method": "rsgm", "set": {"lr": 1e-4}}]  # another shape
+    grid, _ = build_grid(cfg)
+    stacks = stack_groups(cfg, grid, 4)
+    members = [(k, r.dataset, r.method, r.seed) for k, g in stacks.items() for r in g.itertuples()]
+    assert sorted((d, m, s) for _, d, m, s in members) == sorted(
+        (r.dataset, r.method, r.seed) for r in grid[grid.method != "oracle"].itertuples()
+    )  # every trainable run in exactly one stack, the oracle in none
+    by_stack = {k: [(m, s) for kk, _, m, s in members if kk == k] for k in stacks}
+    assert by_stack["dim~2/split~none/stack~00"] == [("dsm", 0), ("mad", 0), ("dsm", 1),
+                                                           ("mad", 1)]  # fmt: skip
+    assert [by_stack[f"dim~3/split~none/stack~0{i}"] for i in range(3)] == [
+        [("dsm", 0), ("mad", 0), ("dsm", 1), ("mad", 1)],
+        [("dsm", 2), ("mad", 2)],
+        [("rsgm", 0), ("rsgm", 1), ("rsgm", 2)],  # its lr sets it apart
+    ]
+    assert stack_groups(cfg, grid, 1) == {}
+    assert (stack_size({"train": {}}, True), stack_size({"train": {}}, False)) == (64, 1)
+    with pytest.raises(ValueError, match="train.stack"):
+        stack_size({"train": {"stack": 0}}, True)
+
+
+def test_a_stacked_pipeline_marks_a_failed_run_and_retries_its_stack(tmp_path):
+    """toy x {dsm, mad} x 2 seeds in stacks of 2 (train.stack), MAD with lr 1e6: the MAD
+    stack's runs fail (non-finite loss) and are marked so, DSM's finish; the next invocation
+    runs the MAD stack once more (max_attempts 2), then there is nothing to do."""
+    copy_workflow(tmp_path)
+    cfg = yaml.safe_load((REPO / "config/test.yaml").read_text())
+    cfg["grid"] = {"datasets": ["toy"], "schedules": ["ve"], "methods": ["dsm", "mad"],
+                   "seeds": [0, 1]}  # fmt: skip
+    cfg["train"].update(stack=2, overrides=[{"method": "mad", "set": {"lr": 1e6}}])
+    cfg.update(max_attempts=2, fail_on_run_error=False)
+    (tmp_path / "stacked.yaml").write_text(yaml.safe_dump(cfg))
+    target = ("results/tables/runs.csv", "--configfile", "stacked.yaml")
+    r = snakemake("--cores", "2", *target, cwd=tmp_path, timeout=1800)
+    assert r.returncode == 0, r.stderr[-5000:]
+    assert "training 4 runs as 2 stacks of up to 2" in r.stdout + r.stderr
+    runs = pd.read_csv(tmp_path / "results/tables/runs.csv").set_index(["method", "seed"])
+    assert (runs.loc["dsm", "status"] == "ok").all()
+    assert (runs.loc["mad", "status"] == "failed").all()
+    assert runs.loc["mad", "error"].str.contains("non-finite").all()
+    status = tmp_path / "results/runs/dataset~toy/split~none/schedule~ve/method~dsm/seed~1"
+    info = yaml.safe_load((status / "status/train.json").read_text())
+    assert info["status"] == "ok" and info["stack"] == "dim~2/split~none/stack~00"
+    assert (status / "checkpoint.pt").exists() and (status / "history.csv").exists()
+    r = snakemake("--cores", "2", *target, cwd=tmp_path, timeout=1800)
+    assert r.returncode == 0 and "rule train_stack" in r.stdout + r.stderr, r.stderr[-5000:]
+    assert "dim~2/split~none/stack~01" in r.stdout + r.stderr  # only the failed stack
+    assert "dim~2/split~none/stack~00" not in r.stdout + r.stderr
+    r = snakemake("-n", *target, cwd=tmp_path)
+    assert "Nothing to be done" in r.stdout + r.stderr
+
+
 # --------------------------------------------------------------------------------------------
 # End to end (slow)
 # --------------------------------------------------------------------------------------------

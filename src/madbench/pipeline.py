@@ -24,6 +24,7 @@ from madbench.config import ConfigError, TrainConfig, apply_overrides
 from madbench.data import get_dataset, list_datasets
 from madbench.methods import get_method, list_methods
 from madbench.schedules import list_schedules
+from madbench.stack import MEMBER_KEYS
 
 SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
 GRID_COLUMNS = ["dataset", "split", "schedule", "method", "seed"]
@@ -159,6 +160,69 @@ def run_settings(cfg: dict[str, Any], dataset: str, schedule: str, method: str) 
             steps = o.get("steps", steps)
             pairs.update(o.get("set", {}))
     return steps, pairs
+
+
+def run_spec(cfg: dict[str, Any], row: dict[str, Any], out: str) -> dict[str, Any]:
+    """The training of one grid run (a dict with the grid columns) into ``out``: a
+    ``madbench train-stack --spec`` entry, from which ``madbench train`` is spelled as well.
+
+    ``set`` holds the split, :func:`run_settings`' pairs and, for a trainable method when config
+    key ``convergence.fraction`` is set, the snapshot fraction, in that order.
+    """
+    steps, pairs = run_settings(cfg, row["dataset"], row["schedule"], row["method"])
+    method = base_method(cfg, row["method"])
+    sets = [f"split={row['split']}"] + [f"{k}={v}" for k, v in pairs.items()]
+    fraction = cfg.get("convergence", {}).get("fraction")
+    if fraction and get_method(method).trainable:
+        sets.append(f"snapshot_fraction={fraction}")
+    return {"out": out, "dataset": row["dataset"], "method": method, "schedule": row["schedule"],
+            "seed": int(row["seed"]), "steps": int(steps), "set": sets}  # fmt: skip
+
+
+def stack_size(cfg: dict[str, Any], cuda: bool) -> int:
+    """Config key ``train.stack``: how many runs train as one stacked model; "auto" (the
+    default) is 64 where Snakemake sees a GPU and 1 (every run its own job) elsewhere."""
+    size = cfg["train"].get("stack", "auto")
+    if size == "auto":
+        return 64 if cuda else 1
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ValueError(f"config key 'train.stack': {size!r} is not a positive integer or 'auto'")
+    return size
+
+
+def stack_groups(cfg: dict[str, Any], grid: pd.DataFrame, size: int) -> dict[str, pd.DataFrame]:
+    """The stacks of the grid's trainable runs: {"dim~D/split~P/stack~NN": runs}.
+
+    Runs of one ambient dimension and split whose training configs differ only in the keys a
+    stack lets its members differ in (dataset, seed, method, schedule) are grouped, ordered by
+    seed, dataset, schedule and method (so more seeds append stacks rather than regroup the
+    earlier ones) and cut into stacks of at most ``size``. Within a stack the runs of one
+    method, schedule and manifold share their loss computation (madbench.stack). Empty when
+    ``size`` is 1.
+    """
+    if size <= 1:
+        return {}
+    trainable = grid.method.map(lambda m: get_method(base_method(cfg, m)).trainable)
+    runs = grid[trainable].assign(
+        dim=grid.dataset.map(lambda d: get_dataset(d).manifold.ambient_dim)
+    )
+    runs = runs.sort_values(["dim", "split", "seed", "dataset", "schedule", "method"])
+    shapes = runs.apply(lambda r: _shape_key(cfg, r), axis=1)
+    stacks: dict[str, pd.DataFrame] = {}
+    for (dim, split), cell in runs.groupby(["dim", "split"], sort=True):
+        chunks = [g.iloc[i : i + size] for _, g in cell.groupby(shapes[cell.index], sort=False)
+                  for i in range(0, len(g), size)]  # fmt: skip
+        for n, chunk in enumerate(chunks):
+            stacks[f"dim~{dim}/split~{split}/stack~{n:02d}"] = chunk.drop(columns="dim")
+    return stacks
+
+
+def _shape_key(cfg: dict[str, Any], row: pd.Series) -> str:
+    """The training config of a grid run without the keys members of a stack may differ in."""
+    spec = run_spec(cfg, {k: row[k] for k in GRID_COLUMNS}, "")
+    tc = TrainConfig(**{k: spec[k] for k in ("dataset", "method", "schedule", "seed", "steps")})
+    tc = apply_overrides(tc, spec["set"])
+    return repr(sorted((k, v) for k, v in tc.to_dict().items() if k not in MEMBER_KEYS))
 
 
 def evaluate_overrides(cfg: dict[str, Any]) -> dict[str, Any]:

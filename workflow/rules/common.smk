@@ -1,6 +1,7 @@
 # Configuration checks, the run grid and the helpers every rule uses.
 import json
 import os
+import re
 import shlex
 import shutil
 import sys
@@ -21,7 +22,9 @@ from madbench.pipeline import (
     check_ranges,
     check_runs,
     evaluate_overrides,
-    run_settings,
+    run_spec,
+    stack_groups,
+    stack_size,
 )
 from madbench.rate_separation.outputs import FIGURES as RS_FIGURE_NAMES
 
@@ -38,6 +41,7 @@ GPU_PER_JOB = 1 if torch.cuda.is_available() else 0
 MADBENCH = "madbench" if shutil.which("madbench") else str(Path(sys.executable).with_name("madbench"))
 # Relative to the working directory, so the param does not change when the checkout moves.
 STAGE_SCRIPT = os.path.relpath(Path(workflow.basedir, "workflow", "scripts", "run_stage.py"))
+MEMBER_SCRIPT = os.path.relpath(Path(workflow.basedir, "workflow", "scripts", "stack_member.py"))
 
 
 def log_excluded(excluded):
@@ -75,20 +79,58 @@ def all_run_files(name, trainable_only=False):
     return [f"{RESULTS}/runs/{p}/{name}" for p in patterns]
 
 
+def run_row(wildcards):
+    """The grid coordinates of a job's wildcards."""
+    return {k: getattr(wildcards, k) for k in ("dataset", "split", "schedule", "method", "seed")}
+
+
 def train_cmd(wildcards, resources):
     """`madbench train ...` (shell-quoted); --device cuda when the job holds a GPU, else cpu."""
-    steps, pairs = run_settings(config, wildcards.dataset, wildcards.schedule, wildcards.method)
+    spec = run_spec(config, run_row(wildcards), run_dir(wildcards))
     device = "cuda" if resources.gpu > 0 else "cpu"
-    method = base_method(config, wildcards.method)
-    argv = [MADBENCH, "train", "--dataset", wildcards.dataset, "--method", method,
-            "--schedule", wildcards.schedule, "--seed", str(wildcards.seed),
-            "--steps", str(steps), "--out", run_dir(wildcards), "--device", device,
-            "--set", f"split={wildcards.split}"]
-    for key, value in pairs.items():
-        argv += ["--set", f"{key}={value}"]
-    if CONVERGENCE and get_method(method).trainable:
-        argv += ["--set", f"snapshot_fraction={CONVERGENCE}"]
+    argv = [MADBENCH, "train", "--dataset", spec["dataset"], "--method", spec["method"],
+            "--schedule", spec["schedule"], "--seed", str(spec["seed"]),
+            "--steps", str(spec["steps"]), "--out", spec["out"], "--device", device]
+    for pair in spec["set"]:
+        argv += ["--set", pair]
     return shlex.join(argv)
+
+
+# ---- stacks (config key train.stack; workflow/rules/runs.smk, rule train_stack): the trainable
+# runs of a dataset and split train as stacked models of up to STACK_SIZE runs, one job each.
+STACK_SIZE = stack_size(config, GPU_PER_JOB > 0)
+STACKS = stack_groups(config, GRID, STACK_SIZE)
+STACK_OF = {
+    f"{RESULTS}/runs/{RUNS.wildcard_pattern.format(**row._asdict())}": stack
+    for stack, runs in STACKS.items()
+    for row in runs.itertuples(index=False)
+}
+# The grid's method names whose runs train in stacks (a regex for the rules' constraints).
+STACKED_METHODS = "|".join(re.escape(m) for m in sorted({m for r in STACKS.values() for m in r.method}))
+if STACKS:
+    logger.info(f"training {len(STACK_OF)} runs as {len(STACKS)} stacks of up to {STACK_SIZE}")
+
+
+def stack_cmd(wildcards, resources):
+    """`madbench train-stack ...` (shell-quoted) for the stack of the job's wildcards."""
+    runs = STACKS[wildcards.stack]
+    spec = [run_spec(config, row._asdict(), f"{RESULTS}/runs/{RUNS.wildcard_pattern.format(**row._asdict())}")
+            for row in runs.itertuples(index=False)]
+    device = "cuda" if resources.gpu > 0 else "cpu"
+    argv = [MADBENCH, "train-stack", "--stack-dir", f"{RESULTS}/stacks/{wildcards.stack}",
+            "--spec", json.dumps(spec, separators=(",", ":")), "--device", device, "--no-progress"]
+    return shlex.join(argv)
+
+
+def stack_attempt(wildcards):
+    """The stack job's attempt: past its own, and past any of its runs' (a failed run of a
+    stack is retried by running the stack again, which resumes only the unfinished runs)."""
+    path = Path(RESULTS, "stacks", wildcards.stack, "status.json")
+    attempts = [_next_attempt(path)]
+    for row in STACKS[wildcards.stack].itertuples(index=False):
+        run = f"{RESULTS}/runs/{RUNS.wildcard_pattern.format(**row._asdict())}"
+        attempts.append(_next_attempt(Path(run, "status", "train.json")))
+    return max(attempts)
 
 
 def evaluate_cmd(wildcards, snapshot=False):
@@ -113,16 +155,21 @@ def next_attempt(stage):
     """
 
     def attempt(wildcards):
-        path = Path(run_dir(wildcards)) / "status" / f"{stage}.json"
-        try:
-            status = json.loads(path.read_text())
-        except (OSError, ValueError):
-            return 1
-        done = int(status.get("attempt", 1))
-        retry = status.get("status") != "ok" and done < config.get("max_attempts", 2)
-        return done + 1 if retry else done
+        return _next_attempt(Path(run_dir(wildcards)) / "status" / f"{stage}.json")
 
     return attempt
+
+
+def _next_attempt(path):
+    """The attempt after the one recorded in status file ``path`` if it failed and may be
+    retried, else the recorded one (1 when there is none)."""
+    try:
+        status = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return 1
+    done = int(status.get("attempt", 1))
+    retry = status.get("status") != "ok" and done < config.get("max_attempts", 2)
+    return done + 1 if retry else done
 
 
 def run_meta(wildcards):
