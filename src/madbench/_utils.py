@@ -1,11 +1,13 @@
-"""Small shared helpers: sigma broadcasting, seeding, atomic writes, cached constant tensors."""
+"""Small shared helpers: sigma broadcasting, seeding, atomic writes, cached constant tensors,
+and the switch between the CPU's fast paths and the fixed-work paths of accelerators."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
@@ -30,6 +32,38 @@ def tensor_cache(fn: Callable[..., T]) -> Callable[..., T]:
             return fn(*args)
 
     return cached
+
+
+_FORCED_FIXED_WORK = False
+
+
+def fixed_work(t: Tensor) -> bool:
+    """Whether hot-path code on ``t``'s device takes its fixed-work path: no host
+    synchronisation (no data-dependent grouping, ``.any()`` branches or value checks that raise),
+    so that a whole training step can be captured and replayed (CUDA graphs). True off the CPU
+    and inside :func:`forced_fixed_work`; the CPU keeps its data-dependent fast paths."""
+    return _FORCED_FIXED_WORK or t.device.type != "cpu"
+
+
+@contextlib.contextmanager
+def forced_fixed_work() -> Iterator[None]:
+    """Run the fixed-work paths on every device (tests compare them with the CPU's)."""
+    global _FORCED_FIXED_WORK
+    before, _FORCED_FIXED_WORK = _FORCED_FIXED_WORK, True
+    try:
+        yield
+    finally:
+        _FORCED_FIXED_WORK = before
+
+
+def check_all(cond: Tensor, message: str) -> None:
+    """ValueError(message) unless every element of ``cond`` is true. On the fixed-work path an
+    asynchronous device assertion instead (no host synchronisation; a failure is reported at a
+    later kernel launch and ends the process's use of the device)."""
+    if fixed_work(cond):
+        torch._assert_async(cond.all(), message)
+    elif not bool(cond.all()):
+        raise ValueError(message)
 
 
 def as_sigma(sigma: float | Tensor, x: Tensor) -> Tensor:

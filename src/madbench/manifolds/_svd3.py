@@ -33,7 +33,7 @@ import math
 import torch
 from torch import Tensor
 
-from madbench._utils import tensor_cache
+from madbench._utils import fixed_work, tensor_cache
 
 # Layout: the component axis comes first, the batch axis n last: vectors (3, ..., n), matrices
 # (3 rows, 3 columns, n). Dot products then reduce over the leading axis (fast on CPU; torch's
@@ -136,7 +136,7 @@ def proper_svd3(f: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     wv = torch.where(largest, wv, wv[:, :, [1, 2, 0]])
     w, v = wv[:, 0], wv[:, 1]
     u1 = w[:, 0] * torch.rsqrt(_dot(w[:, 0], w[:, 0]))  # |w1| = s1 >= max |F_ij| = 1
-    if zero.any():  # F = 0
+    if fixed_work(zero) or zero.any():  # F = 0
         u1 = torch.where(zero, v[:, 0], u1)
     w2 = w[:, 1]
     u2 = w2 - u1 * _dot(u1, w2)
@@ -147,7 +147,7 @@ def proper_svd3(f: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     info = torch.finfo(f.dtype)
     lost = (n2 <= (16 * info.eps) ** 2 * _dot(w2, w2)) | (n2 < info.tiny / info.eps)
     u2 = u2 * torch.rsqrt(n2 + lost)
-    if lost.any():
+    if fixed_work(lost) or lost.any():
         u2 = torch.where(lost, _complete(u1)[0], u2)
     u = torch.stack([u1, u2, _cross(u1, u2)], 1)
     s = (u * w).sum(0)  # (3, n): u_i . w_i, the last one signed

@@ -24,6 +24,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
+from madbench._utils import check_all
 from madbench.manifolds._distances import euclidean_cdist
 
 
@@ -140,6 +141,5 @@ def as_heat_time(t: float | Tensor, n: int, device: torch.device) -> Tensor:
     tt = tt.reshape(-1)
     if tt.shape != (n,):
         raise ValueError(f"t must be a float or have shape ({n},), got {tuple(tt.shape)}")
-    if not torch.all(tt > 0):
-        raise ValueError("heat-kernel time t must be > 0")
+    check_all(tt > 0, "heat-kernel time t must be > 0")
     return tt

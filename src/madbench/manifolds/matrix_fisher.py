@@ -51,7 +51,7 @@ import torch
 from scipy.special import roots_genlaguerre
 from torch import Tensor
 
-from madbench._utils import tensor_cache
+from madbench._utils import check_all, fixed_work, tensor_cache
 from madbench.manifolds._rotations import quaternion_to_matrix
 from madbench.manifolds._svd3 import proper_svd3
 
@@ -126,6 +126,8 @@ def _constants(dtype: torch.dtype, device: torch.device) -> SimpleNamespace:
         moments_to_delta=tensor(_MOMENTS_TO_DELTA).t(),
         delta_offset=tensor([1, 1, 0]),
         rule_bounds=tensor(_rule_bounds()),
+        # rows inside the range of the plain rule, the log-variable rule and the asymptotics
+        fixed_work_stand_ins=tensor([[1.0, 0.5, 0.25], [300.0, 2.0, 1.0], [40.0, 30.0, 20.0]]),
     )
 
 
@@ -281,13 +283,14 @@ def log_normaliser_and_mean_diag(s: Tensor) -> tuple[Tensor, Tensor]:
     s = s.double()
     if s.ndim != 2 or s.shape[-1] != 3:
         raise ValueError(f"s must have shape (n, 3), got {tuple(s.shape)}")
-    if not torch.all(torch.isfinite(s)):
-        raise ValueError("singular values must be finite")
+    check_all(torch.isfinite(s), "singular values must be finite")
     return _diag(s)
 
 
 def _diag(s: Tensor) -> tuple[Tensor, Tensor]:
     """:func:`log_normaliser_and_mean_diag` without its input checks (s finite, float64)."""
+    if fixed_work(s):
+        return _diag_fixed_work(s)
     # Rule of each point: by scale, the plain theta rules then the log-variable tiers; the
     # asymptotics where gamma is large. Points are grouped by rule with one sort. A plain-rule
     # group of fewer than _MIN_GROUP points joins the next one if that uses the Bessel series
@@ -311,6 +314,32 @@ def _diag(s: Tensor) -> tuple[Tensor, Tensor]:
     parts = [rule_k(g) for rule_k, g in zip(rules, groups, strict=True) if g.shape[0]]
     log_c = torch.empty_like(s[:, 0]).index_copy_(0, order, torch.cat([p[0] for p in parts]))
     delta = torch.empty_like(s).index_copy_(0, order, torch.cat([p[1] for p in parts]))
+    return log_c, delta
+
+
+def _diag_fixed_work(s: Tensor) -> tuple[Tensor, Tensor]:
+    """:func:`_diag` without host synchronisation: three rules on every row, then a selection.
+
+    The largest plain theta rule (accurate for every scale below its bound), the densest
+    log-variable rule (any scale) and the asymptotic series; each row takes the one of its
+    range, the others see a stand-in row of their own range (so that no rule meets a value
+    outside it, and autograd stays finite). Same numbers as the grouped path to its accuracy
+    (tests/test_so3.py), at about four times its arithmetic, which accelerators do not notice.
+    """
+    k = _constants(s.dtype, s.device)
+    half_sum = (s[:, 0] + s[:, 1]) / 2
+    scale = torch.maximum(half_sum + s[:, 2], half_sum)
+    asym = ((s[:, 1] + s[:, 2]) >= ASYMPTOTIC_GAMMA)[:, None]
+    plain = ((scale < _PLAIN_TIERS[-1][0])[:, None]) & ~asym
+    stand_in = k.fixed_work_stand_ins  # (3, 3): a row in range of each rule
+    n_log = _LOG_NODES[-1]
+    outs = [
+        _plain_tier(torch.where(plain, s, stand_in[0]), *_PLAIN_TIERS[-1][1:]),
+        _quadrature_tier(torch.where(plain | asym, stand_in[1], s), n_log=n_log),
+        _asymptotic(torch.where(asym, s, stand_in[2])),
+    ]
+    log_c = torch.where(asym[:, 0], outs[2][0], torch.where(plain[:, 0], outs[0][0], outs[1][0]))
+    delta = torch.where(asym, outs[2][1], torch.where(plain, outs[0][1], outs[1][1]))
     return log_c, delta
 
 
@@ -401,8 +430,8 @@ def log_normaliser_and_mean(f: Tensor, *, check: bool = True) -> tuple[Tensor, T
     :class:`_LogNormaliserAndMean`). ``check=False`` skips the finiteness check (for callers
     that made it already)."""
     f = _as_matrices(f).double()
-    if check and not torch.all(torch.isfinite(f)):
-        raise ValueError("F must be finite")
+    if check:
+        check_all(torch.isfinite(f), "F must be finite")
     if torch.is_grad_enabled() and f.requires_grad:
         return _LogNormaliserAndMean.apply(f)
     # No graph to build: skip the autograd.Function machinery, and run the few hundred small

@@ -32,7 +32,7 @@ import math
 import torch
 from torch import Tensor
 
-from madbench._utils import as_sigma
+from madbench._utils import as_sigma, check_all, fixed_work
 from madbench.manifolds._distances import so3_angle_cdist
 from madbench.manifolds._rotations import (
     angle_so3,
@@ -60,6 +60,7 @@ LOG_VOLUME_HALF_TRACE = math.log(8 * math.pi**2)  # vol SO(3), metric tr(A^T B)/
 LOG_VOLUME_FROBENIUS = LOG_VOLUME_HALF_TRACE + 1.5 * math.log(2.0)  # metric tr(A^T B)
 LOG_DENSITY_SHIFT = 1.5 * math.log(2.0)  # log p (vol 8 pi^2) = log p (Frobenius) + this
 _SERIES_T = 1.0  # half-trace time from which the spectral series is used
+_SERIES_TERMS = math.ceil(math.sqrt(100.0 / _SERIES_T)) + 2  # its terms for any t >= _SERIES_T
 _N_IMAGES = 3
 
 
@@ -129,9 +130,13 @@ def _closed_form(omega: Tensor, t: Tensor, need_grad: bool) -> tuple[Tensor, Ten
     return log_f, -h_q + 1 / t + ds_over_w / one_minus_s
 
 
-def _series(omega: Tensor, t: Tensor, need_grad: bool) -> tuple[Tensor, Tensor | None]:
-    """log f and g from the spectral series with L = ceil(sqrt(100 / min t)) + 2 terms."""
-    n_terms = math.ceil(math.sqrt(100.0 / float(t.min()))) + 2
+def _series(
+    omega: Tensor, t: Tensor, need_grad: bool, n_terms: int | None = None
+) -> tuple[Tensor, Tensor | None]:
+    """log f and g from the spectral series with L = ceil(sqrt(100 / min t)) + 2 terms (or
+    ``n_terms``: the fixed-work path's _SERIES_TERMS, enough for every t >= _SERIES_T)."""
+    if n_terms is None:
+        n_terms = math.ceil(math.sqrt(100.0 / float(t.min()))) + 2
     m = torch.arange(1, n_terms + 1, dtype=omega.dtype, device=omega.device)
     w = omega[:, None]
     chi = torch.cat([torch.ones_like(w), 1 + 2 * torch.cumsum(torch.cos(m * w), -1)], -1)
@@ -154,6 +159,11 @@ def igso3_log_density(
     """
     omega, t = omega.double(), t.double()
     ser = t >= _SERIES_T
+    if fixed_work(t):  # both forms on every row (each at a time in its range), then select
+        lf_s, g_s = _series(omega, torch.where(ser, t, _SERIES_T), need_grad, _SERIES_TERMS)
+        lf_c, g_c = _closed_form(omega, torch.where(ser, _SERIES_T / 2, t), need_grad)
+        g = torch.where(ser, g_s, g_c) if need_grad else None
+        return torch.where(ser, lf_s, lf_c), g
     log_f = torch.empty_like(omega)
     g = torch.empty_like(omega) if need_grad else None
     for mask, fn in ((ser, _series), (~ser, _closed_form)):
@@ -240,10 +250,8 @@ class SO3(RiemannianManifold):
         """(E_{MF(X/sigma^2)}[R] - X) / sigma^2, E[R] = U diag(d log c/d s) V^T (float64 inside)."""
         xm = _mats(x).double()
         s2 = as_sigma(sigma, x).double() ** 2
-        if not torch.all(s2 > 0):
-            raise ValueError("sigma must be > 0")
-        if not torch.all(torch.isfinite(xm)):
-            raise ValueError("x must be finite")
+        check_all(s2 > 0, "sigma must be > 0")
+        check_all(torch.isfinite(xm), "x must be finite")
         mean = mf_mean(xm / s2[:, :, None], check=False)  # finite: checked just above
         return ((mean - xm).reshape(-1, 9) / s2).to(x.dtype)
 
