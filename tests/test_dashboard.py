@@ -147,6 +147,17 @@ def test_earth_table_marks_published_rows(results):
     assert (ours["Earthquake"] == "–").all()
 
 
+def test_so3_table_turns_our_nll_into_a_log_likelihood():
+    summary = pd.DataFrame(
+        [{"dataset": "so3_wrapped_32", "split": "none", "schedule": "vp", "method": "rsgm",
+          "metric": "nll", "mean": 1.25, "ci_low": 1.0, "ci_high": 1.75, "n_failed": 0}]
+    )  # fmt: skip
+    t = A.so3_table(summary)
+    assert t.loc[t.method == "RSGM", "M = 32"].iloc[0] == "0.20"
+    ours = t[t.source == "ours (-nll)"].iloc[0]
+    assert (ours["method"], ours["M = 32"], ours["M = 16"]) == ("rsgm (vp)", "-1.25 ± 0.38", "–")
+
+
 def test_cost_table_has_device_and_speed(results):
     shown = (results / "tables" / "cost.md").read_text()
     assert "train_steps_per_s" in shown and "device" in shown and "cpu" in shown

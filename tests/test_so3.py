@@ -551,3 +551,80 @@ def test_base_score_jacobian_on_the_manifold_matches_finite_differences(sigma):
     ref = _jacobian_fd(f, x, h=1e-4 * sigma)
     assert torch.isfinite(jac).all()
     assert (jac - ref).abs().max() <= 1e-4 * ref.abs().max()
+
+
+# ------------------------------------------------------------------ RSGM's clock on SO(3)
+@pytest.mark.parametrize("scale", [1.0, 2.0])
+def test_rsgm_time_scale_2_runs_the_published_clock(scale):
+    """RSGM's forward draws at schedule time t have E[1 + 2 cos w] = 3 exp(-tau') (the l = 1
+    character of IGSO(3) in the metric tr(A^T B)/2 at its heat time tau'), with tau' =
+    scale x heat_time(t) / 2: the Frobenius clock at scale 1, the published one (tau' =
+    heat_time(t), the beta schedule's own integral) at scale 2. 40000 Monte Carlo draws."""
+    from madbench.data import get_dataset
+    from madbench.likelihood import heat_time_range
+    from madbench.methods.rsgm import RSGM
+    from madbench.schedules import get_schedule
+
+    sched = get_schedule("vp", beta_min=0.001, beta_max=6.0)
+    rsgm = RSGM(get_dataset("so3_wrapped_16"), sched, params={"time_scale": scale})
+    n, t = 40_000, torch.full((40_000,), 0.2, dtype=torch.float64)
+    tau = rsgm.heat_time(t)
+    xt = rsgm.forward_sample(torch.eye(3).reshape(1, 9).double().expand(n, 9), tau,
+                             torch.Generator().manual_seed(0))  # fmt: skip
+    chi = xt.reshape(n, 3, 3).diagonal(dim1=1, dim2=2).sum(-1)  # 1 + 2 cos w
+    published = float(sched.heat_time(torch.tensor(0.2, dtype=torch.float64)))
+    expected = 3 * math.exp(-scale * published / 2)
+    assert abs(float(chi.mean()) - expected) < 4 * float(chi.std()) / math.sqrt(n)
+    assert (scale == 2) == (abs(expected - 3 * math.exp(-published)) < 1e-12)
+    # the sampler and the likelihood read the same clock: the ODE spans the scaled heat times
+    lo, hi = heat_time_range(rsgm.schedule)
+    assert hi == pytest.approx(scale * float(sched.heat_time(torch.tensor(1.0).double())))
+    assert lo == pytest.approx(rsgm.params.tau_min)
+
+
+# ------------------------------------------------------------------ the fixed-work path (CUDA)
+def _singular_values(n: int, seed: int) -> torch.Tensor:
+    """Proper singular values over every rule's range: s1 from 2.5e-3 to 8e3, s2, |s3| below."""
+    g = torch.Generator().manual_seed(seed)
+    s1 = torch.exp(torch.empty(n, dtype=F64).uniform_(-6, 9, generator=g))
+    r2, r3 = torch.rand(n, generator=g, dtype=F64), torch.rand(n, generator=g, dtype=F64) * 2 - 1
+    return torch.stack([s1, s1 * r2, s1 * r2 * r3], 1)
+
+
+def test_fixed_work_normaliser_matches_the_grouped_path():
+    """Every row through three rules and a selection (what CUDA runs) against the CPU's rule
+    groups: log c to 1e-11 (relative above 1), 1 - d to 3e-10 (the grouped path's 24-node
+    log-variable tier is the less accurate of the two: measured 2e-10 at scales 160-200, the
+    fixed path's 96-node rule 1e-14 there, against a 400-node rule)."""
+    from madbench._utils import forced_fixed_work
+
+    s = _singular_values(20_000, 0)
+    fast = mf._diag(s)
+    with forced_fixed_work():
+        fixed = mf._diag(s)
+    assert torch.allclose(fixed[0], fast[0], rtol=1e-11, atol=1e-11)
+    assert (fixed[1] - fast[1]).abs().max() < 3e-10
+
+
+@pytest.mark.parametrize("sigma", [1e-3, 0.05, 1.0, 10.0])
+def test_fixed_work_scores_equal_the_grouped_path_without_host_sync(sigma, monkeypatch):
+    """MAD's s_base and RSGM's heat-kernel score target on the fixed-work path, with every
+    tensor -> Python conversion made to raise (no host synchronisation), equal the CPU's
+    grouped path (IGSO(3) times over both of its forms)."""
+    from madbench._utils import forced_fixed_work
+
+    x = torch.randn(2048, 9, generator=torch.Generator().manual_seed(1), dtype=F64)
+    t = torch.exp(torch.empty(2048, dtype=F64).uniform_(-9, 2))
+    x0 = _haar(2048, 2).double()
+    fast = (M.base_score(x, sigma), M.heat_kernel_score(x0.flip(0), x0, t))
+
+    def sync(*_):
+        raise AssertionError("host synchronisation on the fixed-work path")
+
+    for name in ("__bool__", "item", "tolist", "__float__", "__int__", "__index__"):
+        monkeypatch.setattr(torch.Tensor, name, sync)
+    with forced_fixed_work():
+        fixed = (M.base_score(x, sigma), M.heat_kernel_score(x0.flip(0), x0, t))
+    monkeypatch.undo()
+    for a, b in zip(fast, fixed, strict=True):
+        assert torch.allclose(a, b, rtol=1e-9, atol=1e-9 * float(a.abs().max()))

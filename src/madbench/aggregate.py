@@ -82,6 +82,16 @@ PUBLISHED_EARTH_NLL = {
     "RDM (Huang et al.)": ("-6.61 ± 0.97", "-0.40 ± 0.05", "0.43 ± 0.07", "-1.38 ± 0.05"),
     "RFM": ("-7.93 ± 1.67", "-0.28 ± 0.08", "0.42", "-1.86 ± 0.11"),
 }
+#: The SO(3) wrapped-normal mixtures of the published protocol, by table column.
+SO3_COLUMNS = {"so3_wrapped_16": "M = 16", "so3_wrapped_32": "M = 32", "so3_wrapped_64": "M = 64"}
+#: SO(3) test log-likelihood in nats w.r.t. vol SO(3) = 8 pi^2 (higher is better) as published
+#: (docs/science.md section 6): method -> (M = 16, M = 32, M = 64).
+PUBLISHED_SO3_LL = {
+    "uniform on SO(3)": ("-4.369", "-4.369", "-4.369"),
+    "RSGM": ("0.89", "0.20", "-0.49"),
+    "Moser flow": ("0.85", "0.17", "-0.49"),
+    "exp-wrapped SGM": ("0.87", "0.16", "-0.58"),
+}
 
 
 def dataset_family(name: str) -> str:
@@ -482,25 +492,41 @@ def nll_key(summary: pd.DataFrame) -> str | None:
     return next((k for k in keys if "nll" in k and "ambient" not in k), None)
 
 
-def earth_table(summary: pd.DataFrame) -> pd.DataFrame:
-    """Our earth test NLL (method, schedule) rows beside the published rows (marked)."""
-    names = list(EARTH_COLUMNS.values())
+def published_table(
+    summary: pd.DataFrame, columns: dict[str, str], published: dict, log_likelihood: bool = False
+) -> pd.DataFrame:
+    """Our (method, schedule, split) rows of the datasets ``columns`` (dataset -> column) beside
+    the ``published`` rows (marked): the test NLL, or with ``log_likelihood`` its negative."""
+    names = list(columns.values())
     rows = [
         {"method": m, "source": "published", **dict(zip(names, v, strict=True))}
-        for m, v in PUBLISHED_EARTH_NLL.items()
+        for m, v in published.items()
     ]
-    earth = summary[summary["dataset"].isin(list(EARTH_COLUMNS))]
-    key = nll_key(earth) if not earth.empty else None
+    part = summary[summary["dataset"].isin(list(columns))]
+    key = nll_key(part) if not part.empty else None
     if key is not None:
-        ours = earth[earth["metric"] == key]
+        sign = -1.0 if log_likelihood else 1.0
+        ours = part[part["metric"] == key]
         for (method, sched, split), g in ours.groupby(["method", "schedule", "split"]):
             where = sched if split == "none" else f"{sched}, {split} split"
-            row = {"method": f"{method} ({where})", "source": f"ours ({key})"}
+            what = f"-{key}" if log_likelihood else key
+            row = {"method": f"{method} ({where})", "source": f"ours ({what})"}
             for r in g.itertuples():
-                label = fmt_mean_ci(r.mean, r.ci_low, r.ci_high)
-                row[EARTH_COLUMNS[r.dataset]] = label + (" [FAILED runs]" if r.n_failed else "")
+                low, high = sorted((sign * r.ci_low, sign * r.ci_high))
+                label = fmt_mean_ci(sign * r.mean, low, high)
+                row[columns[r.dataset]] = label + (" [FAILED runs]" if r.n_failed else "")
             rows.append(row)
     return pd.DataFrame(rows, columns=["method", "source", *names]).fillna("–")
+
+
+def earth_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """Our earth test NLL beside the published numbers."""
+    return published_table(summary, EARTH_COLUMNS, PUBLISHED_EARTH_NLL)
+
+
+def so3_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """Our SO(3) wrapped-normal test log-likelihoods beside the published numbers."""
+    return published_table(summary, SO3_COLUMNS, PUBLISHED_SO3_LL, log_likelihood=True)
 
 
 def write_tables(
@@ -510,8 +536,8 @@ def write_tables(
     bench_root: str | Path | None = None,
     excluded: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
-    """Write runs.csv, summary.csv, FAMILY.{csv,md,tex}, cost.*, earth_nll.*, convergence.*
-    (empty without snapshots), excluded.csv."""
+    """Write runs.csv, summary.csv, FAMILY.{csv,md,tex}, cost.*, earth_nll.*, so3_ll.*,
+    convergence.* (empty without snapshots), excluded.csv."""
     out = Path(out_dir)
     runs = collect_runs(status_paths, Path(bench_root) if bench_root else None)
     summary = summarize(runs)
@@ -525,16 +551,7 @@ def write_tables(
         write_formats(out / fam, long, shown, caption(fam, fam_runs, bad & _cells(long)))
     per_run, shown = cost_table(runs)
     write_formats(out / "cost", per_run, shown, f"cost: {T_NOTE}")
-    earth = earth_table(summary)
-    levels = nll_levels(runs[runs["family"] == "earth"])
-    write_formats(
-        out / "earth_nll",
-        earth,
-        earth,
-        "earth test NLL in nats (lower is better); 'published' rows are the papers' "
-        f"own numbers and splits (docs/science.md section 6), not ours; ours: {T_NOTE}"
-        + (f"; {levels}" if levels else ""),
-    )
+    write_published(out, runs, summary)
     shown = conv.assign(converged=conv["converged"].map({True: "yes", False: "NO"}))
     for col in ("final", "snapshot", "change", "half_width"):
         shown[col] = shown[col].map(lambda v: f"{v:.3g}" if v == v else "–")
@@ -543,6 +560,30 @@ def write_tables(
     excl = excluded if excluded is not None else pd.DataFrame(columns=["dataset", "method"])
     write_csv(out / "excluded.csv", excl)
     return runs
+
+
+def write_published(out: Path, runs: pd.DataFrame, summary: pd.DataFrame) -> None:
+    """earth_nll.* and so3_ll.*: ours beside the published numbers, with the NLL levels read."""
+    note = "'published' rows are the papers' own numbers (docs/science.md section 6), not ours"
+    earth = earth_table(summary)
+    levels = nll_levels(runs[runs["family"] == "earth"])
+    write_formats(
+        out / "earth_nll",
+        earth,
+        earth,
+        f"earth test NLL in nats (lower is better); {note}, each on its own split; ours: "
+        f"{T_NOTE}" + (f"; {levels}" if levels else ""),
+    )
+    so3 = so3_table(summary)
+    levels = nll_levels(runs[runs["dataset"].isin(list(SO3_COLUMNS))])
+    write_formats(
+        out / "so3_ll",
+        so3,
+        so3,
+        "SO(3) wrapped-normal mixtures: test log-likelihood in nats w.r.t. vol SO(3) = 8 pi^2 "
+        f"(higher is better; ours: minus the NLL); {note}; ours: {T_NOTE}"
+        + (f"; {levels}" if levels else ""),
+    )
 
 
 CONVERGENCE_NOTE = (

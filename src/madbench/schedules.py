@@ -90,6 +90,10 @@ class Schedule(ABC):
                 hi = mid
         return hi
 
+    def time_scaled(self, scale: float) -> Schedule:
+        """This schedule with the clock of Brownian motion on M ``scale`` times as fast."""
+        return TimeScaledSchedule(self, scale)
+
     def restricted(self, t_min: float) -> Schedule:
         """This schedule on [t_min, T] with a larger t_min (every function delegates)."""
         return RestrictedSchedule(self, t_min)
@@ -269,6 +273,30 @@ class RestrictedSchedule(Schedule):
 
     def __repr__(self) -> str:
         return f"{self.base!r} on [{self.t_min:.4g}, {self.T:.4g}]"
+
+
+class TimeScaledSchedule(RestrictedSchedule):
+    """``base`` for Brownian motion dX = sqrt(scale beta(t)) dB_M: beta and heat_time are
+    ``scale`` times base's (alpha, std and sigma, which describe the ambient process, are base's).
+
+    RSGM's ``time_scale``: the same beta schedule then reaches the heat time of another metric
+    (scale 2 on SO(3) with the Frobenius metric: the published code's tr(A^T B)/2 clock).
+    """
+
+    def __init__(self, base: Schedule, scale: float):
+        if not scale > 0:
+            raise ValueError(f"time scale {scale} must be > 0")
+        super().__init__(base, base.t_min)
+        self.scale = float(scale)
+
+    def beta(self, t):
+        return self.scale * self.base.beta(t)
+
+    def heat_time(self, t):
+        return self.scale * self.base.heat_time(t)
+
+    def __repr__(self) -> str:
+        return f"{self.base!r} at {self.scale:g}x heat time"
 
 
 SCHEDULES: Registry[type[Schedule]] = Registry("schedule")

@@ -1,6 +1,6 @@
 # Tables from every run's final status (whatever it is), and the failure check.
 
-TABLE_STEMS = FAMILIES + ["cost", "earth_nll", "convergence"]
+TABLE_STEMS = FAMILIES + ["cost", "earth_nll", "so3_ll", "convergence"]
 
 
 rule aggregate:
