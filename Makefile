@@ -55,6 +55,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_base_score.py
 	$(BIN)/python benchmarks/bench_train.py
 	$(BIN)/python benchmarks/bench_evaluate.py
+	$(BIN)/python benchmarks/bench_stack.py
 	$(BIN)/python benchmarks/accuracy.py
 
 ## clean-results: delete everything the pipeline wrote under results/ (keeps results/README.md)
