@@ -225,12 +225,14 @@ fi
 
 # ---- MariaDB (private data directory, TCP on 127.0.0.1 only)
 mariadb-install-db --no-defaults --user=root --datadir="$STATE/mysql/data" \
-    --auth-root-authentication-method=socket --skip-test-db >"$STATE/log/mariadb-install.log" 2>&1 ||
+    --auth-root-authentication-method=socket --skip-test-db \
+    >"$STATE/log/mariadb-install.log" 2>&1 ||
     fail_with_logs "mariadb-install-db failed"
 launch mariadbd mariadbd --no-defaults --user=root --datadir="$STATE/mysql/data" \
     --socket="$STATE/mysql/mysqld.sock" --pid-file="$STATE/mysql/mysqld.pid" \
     --port=$((PORT + 3)) --bind-address=127.0.0.1 --skip-name-resolve \
-    --log-error="$STATE/log/mariadbd.log" --innodb-buffer-pool-size=64M --innodb-lock-wait-timeout=900
+    --log-error="$STATE/log/mariadbd.log" --innodb-buffer-pool-size=64M \
+    --innodb-lock-wait-timeout=900
 wait_for 60 mariadbd mariadbd mariadb-admin --no-defaults --socket="$STATE/mysql/mysqld.sock" ping
 mariadb --no-defaults --socket="$STATE/mysql/mysqld.sock" -u root <<EOF
 CREATE USER 'slurm'@'127.0.0.1' IDENTIFIED BY '$DB_PASS';

@@ -16,7 +16,8 @@ fi
 
 # Jobs still running would outlive slurmd (their slurmstepd is not one of our pids).
 export SLURM_CONF=$STATE/etc/slurm.conf
-if [[ -f $STATE/pids/slurmctld.pid ]] && kill -0 "$(cat "$STATE/pids/slurmctld.pid")" 2>/dev/null; then
+ctld_pid=$(cat "$STATE/pids/slurmctld.pid" 2>/dev/null || true)
+if [[ -n $ctld_pid ]] && kill -0 "$ctld_pid" 2>/dev/null; then
     timeout 10 scancel --user="$(id -un)" 2>/dev/null || true
     for _ in $(seq 20); do
         [[ -z $(timeout 5 squeue -h 2>/dev/null) ]] && break
@@ -49,6 +50,7 @@ for name in slurmd slurmctld slurmdbd mariadbd munged; do
 done
 
 # the link start.sh made for srun inside jobs (only if it still points into our state directory)
-if [[ -L /etc/slurm/slurm.conf && $(readlink /etc/slurm/slurm.conf) == "$STATE/etc/slurm.conf" ]]; then
-    rm -f /etc/slurm/slurm.conf
+link=/etc/slurm/slurm.conf
+if [[ -L $link && $(readlink "$link") == "$STATE/etc/slurm.conf" ]]; then
+    rm -f "$link"
 fi
