@@ -4,8 +4,9 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 CORES   ?= 2
 STAMP   := $(VENV)/.installed
+SLURM_STAMP := $(VENV)/.installed-slurm
 
-.PHONY: quick study test test-slow lint bench full clean-results browser
+.PHONY: quick study test test-slow test-slurm lint bench full clean-results browser
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -39,13 +40,22 @@ browser:
 	    chromium chromium-driver >/dev/null; \
 	else echo "note: chromium/chromedriver missing and not root: browser tests will skip"; fi
 
-## test: the fast test tier (what CI runs)
+## test: the fast test tier (what CI runs first)
 test: $(STAMP) browser
-	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest -m "not slow" -q
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest -m "not slow and not slurm" -q
 
 ## test-slow: statistical and learning tests (minutes to tens of minutes on 2 cores)
 test-slow: $(STAMP) browser
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest -m slow -q
+
+## test-slurm: the pipeline through a real one-node SLURM (pytest -m slurm): as root on Debian it
+## installs SLURM, munge and MariaDB with apt-get and starts/stops the daemons (.ci/slurm/)
+test-slurm: $(SLURM_STAMP)
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest -m slurm -q
+
+$(SLURM_STAMP): $(STAMP)
+	$(BIN)/python -m pip install -q -e ".[slurm]"
+	@touch $(SLURM_STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks workflow

@@ -16,6 +16,17 @@ EARTH_MIRROR = Path(
 ).resolve()
 
 
+def pytest_collection_modifyitems(config, items):
+    """The SLURM tier installs packages and starts daemons as root: it runs only when selected
+    (-m slurm), not in a bare `pytest` or `pytest -m "not slow"`."""
+    if "slurm" in (config.getoption("markexpr") or ""):
+        return
+    skip = pytest.mark.skip(reason="SLURM tier: runs only when selected (pytest -m slurm)")
+    for item in items:
+        if "slurm" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(autouse=True)
 def _restore_default_dtype():
     """geomstats' torch backend switches the default dtype on import; undo it after each test."""

@@ -10,27 +10,15 @@ on the next invocation, a finished pipeline has nothing to do, and the Snakemake
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
+from workflow_helpers import REPO, copy_workflow, snakemake
 
-REPO = Path(__file__).resolve().parents[1]
-SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 CONFIGS = ["config/config.yaml", "config/quick.yaml", "config/test.yaml", "config/study.yaml"]
-
-
-def snakemake(*args: str, cwd: Path = REPO, env: dict | None = None, timeout: int = 900):
-    """Run snakemake with ``args`` in ``cwd``; return the CompletedProcess (text output)."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", **(env or {}))
-    env["PATH"] = f"{env['PATH']}{os.pathsep}{Path(sys.executable).parent}"  # a stub CLI wins
-    return subprocess.run(
-        [SNAKEMAKE, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
-    )
 
 
 @pytest.fixture(scope="module")
@@ -263,13 +251,6 @@ else:
     seed = int(Path(a.run).name.split("~")[1])
     Path(a.out).write_text(json.dumps({{"nll": 1.0 + seed, "dist_mean": 0.1 * seed}}))
 '''
-
-
-def copy_workflow(dest: Path) -> None:
-    """The Snakefile, workflow/ and config/ of the repository, copied into dest."""
-    shutil.copy(REPO / "Snakefile", dest / "Snakefile")
-    for d in ("workflow", "config"):
-        shutil.copytree(REPO / d, dest / d)
 
 
 @pytest.mark.slow
