@@ -58,6 +58,22 @@ def combo(request):
     return request.param
 
 
+def test_the_loss_splits_into_draws_inputs_and_example_losses(combo):
+    """What a stack batches (madbench.stack): the draws of two runs, their rows through one
+    loss_inputs_from and one example_losses, give each run the loss it has alone."""
+    method = build(tiny_config(*combo))
+    if not method.trainable:
+        pytest.skip("no weights: never stacked")
+    x0 = [method.dataset.sample(32, make_generator(s)) for s in (0, 1)]
+    alone = [method.loss(x, make_generator(10 + s)) for s, x in enumerate(x0)]
+    draws = [method.loss_draws(x, make_generator(10 + s)) for s, x in enumerate(x0)]
+    joined = tuple(torch.cat(d) for d in zip(*draws, strict=True))
+    (x, c), ctx = method.loss_inputs_from(torch.cat(x0), joined)
+    out = method.net(x, c)
+    both = method.example_losses(out, ctx).reshape(2, 32).mean(1)
+    assert torch.allclose(both, torch.stack(alone), rtol=1e-5, atol=0), (both, alone)
+
+
 def test_loss_finite_and_decreases_on_a_fixed_batch(combo):
     """Fixed data and fixed noise (same generator seed each step): the loss is a deterministic
     function of the weights, so 15 Adam steps at lr 1e-2 must lower it (by > 20 %)."""

@@ -175,8 +175,12 @@ def test_stacks_group_one_dimension_and_split_by_seed_and_keep_shapes_apart():
     ]
     assert stack_groups(cfg, grid, 1) == {}
     assert (stack_size({"train": {}}, True), stack_size({"train": {}}, False)) == (64, 1)
+    assert stack_size({"train": {}}, False, "32") == 32  # auto, as resolved where it started
+    assert stack_size({"train": {"stack": 4}}, False, "32") == 4
     with pytest.raises(ValueError, match="train.stack"):
         stack_size({"train": {"stack": 0}}, True)
+    with pytest.raises(ValueError, match="MADBENCH_TRAIN_STACK: 'many'"):
+        stack_size({"train": {}}, True, "many")
 
 
 def test_a_stacked_pipeline_marks_a_failed_run_and_retries_its_stack(tmp_path):

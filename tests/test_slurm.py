@@ -217,7 +217,7 @@ def test_every_job_ran_as_a_slurm_job_with_the_profiles_resources(runs):
     for rule in GPU_RULES:
         ran = jobs[jobs.Comment.str.startswith(f"rule_{rule}_wildcards_")]
         expected = {
-            f"rule_{rule}_wildcards_{r.dataset}_{r.schedule}_{r.method}_{r.seed}"
+            f"rule_{rule}_wildcards_{r.dataset}_{r.split}_{r.schedule}_{r.method}_{r.seed}"
             for r in grid.itertuples()
         }
         assert set(ran.Comment) == expected and len(ran) == len(grid), rule
@@ -237,7 +237,7 @@ def test_gpu_jobs_used_the_gpu_slurm_gave_them(runs):
     """run_stage.py kept SLURM's CUDA_VISIBLE_DEVICES (one of the 4 fake GPUs of start.sh)."""
     import json
 
-    statuses = list((runs.slurm_dir / "results" / "runs").glob("*/*/*/*/status/train.json"))
+    statuses = list((runs.slurm_dir / "results" / "runs").glob("*/*/*/*/*/status/train.json"))
     assert len(statuses) == len(runs.table(runs.slurm_dir, "runs.csv"))
     for path in statuses:
         status = json.loads(path.read_text())
@@ -246,7 +246,7 @@ def test_gpu_jobs_used_the_gpu_slurm_gave_them(runs):
 
 def test_tables_equal_the_local_run(runs):
     """Same seeds, same numbers: every metric of every run, and the family and summary tables."""
-    key = ["dataset", "schedule", "method", "seed"]
+    key = ["dataset", "split", "schedule", "method", "seed"]
     a, b = (
         runs.table(d, "runs.csv").sort_values(key).reset_index(drop=True)
         for d in (runs.slurm_dir, runs.local_dir)

@@ -179,14 +179,18 @@ def run_spec(cfg: dict[str, Any], row: dict[str, Any], out: str) -> dict[str, An
             "seed": int(row["seed"]), "steps": int(steps), "set": sets}  # fmt: skip
 
 
-def stack_size(cfg: dict[str, Any], cuda: bool) -> int:
-    """Config key ``train.stack``: how many runs train as one stacked model; "auto" (the
-    default) is 64 where Snakemake sees a GPU and 1 (every run its own job) elsewhere."""
+def stack_size(cfg: dict[str, Any], cuda: bool, env: str | None = None) -> int:
+    """Config key ``train.stack``: how many runs train as one stacked model. "auto" (the
+    default) is ``env`` (MADBENCH_TRAIN_STACK) when set, else 64 where Snakemake sees a GPU and
+    1 (every run its own job) elsewhere."""
     size = cfg["train"].get("stack", "auto")
-    if size == "auto":
+    key = "config key 'train.stack'"
+    if size == "auto" and env:
+        size, key = (int(env) if env.strip().isdigit() else env), "MADBENCH_TRAIN_STACK"
+    elif size == "auto":
         return 64 if cuda else 1
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-        raise ValueError(f"config key 'train.stack': {size!r} is not a positive integer or 'auto'")
+        raise ValueError(f"{key}: {size!r} is not a positive integer or 'auto'")
     return size
 
 

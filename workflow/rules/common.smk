@@ -98,7 +98,10 @@ def train_cmd(wildcards, resources):
 
 # ---- stacks (config key train.stack; workflow/rules/runs.smk, rule train_stack): the trainable
 # runs of a dataset and split train as stacked models of up to STACK_SIZE runs, one job each.
-STACK_SIZE = stack_size(config, GPU_PER_JOB > 0)
+# "auto" is resolved once, where Snakemake starts, and exported: cluster jobs parse this file
+# again on nodes that may see a GPU the submitting host does not, and must find the same stacks.
+STACK_SIZE = stack_size(config, GPU_PER_JOB > 0, os.environ.get("MADBENCH_TRAIN_STACK"))
+os.environ["MADBENCH_TRAIN_STACK"] = str(STACK_SIZE)
 STACKS = stack_groups(config, GRID, STACK_SIZE)
 STACK_OF = {
     f"{RESULTS}/runs/{RUNS.wildcard_pattern.format(**row._asdict())}": stack
