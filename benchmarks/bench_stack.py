@@ -13,7 +13,9 @@ utilisation NVML reports after the timed steps.
 The projection: the paper grid (config/config.yaml: its trainable runs and their steps) at the
 measured rates, each run at the rate of its family and method with K its stack's size under
 the pipeline's default on this device (train.stack auto: 64 on CUDA, 1 elsewhere), and with
-the best measured K; rates between measured K are interpolated in log K.
+the best measured K; rates between measured K are interpolated in log K. And, for a GPU this
+machine may not have, a model from the measured operation counts (see modelled_gpu_hours; its
+assumptions are options and are printed with it).
 
     python benchmarks/bench_stack.py [--device cuda] [--stacks 1 4 16 64 256] [--steps 3]
 
@@ -41,6 +43,7 @@ from madbench._utils import make_generator
 from madbench.aggregate import dataset_family
 from madbench.build import build_run
 from madbench.config import TrainConfig
+from madbench.data import get_dataset
 from madbench.pipeline import base_method, build_grid, run_settings, stack_groups, stack_size
 from madbench.rundir import RunDir
 from madbench.stack import Member, build_stack, stack_step
@@ -191,6 +194,51 @@ def projection(rows: list[dict], device: torch.device) -> dict:
             **{f"hours_{k}": v / 3600 for k, v in seconds.items()}}  # fmt: skip
 
 
+def flops_per_model_step(batch: int = 512) -> float:
+    """Forward and backward FLOPs of one run's step: 6 x batch x the network's weights."""
+    cfg = paper_config("so3_mf_mixture_3", "mad", 0, "cpu", 0)
+    n = build_run(cfg, torch.device("cpu")).n_parameters
+    return 6.0 * batch * n
+
+
+def loss_group_sizes(cfg: dict, grid) -> dict[tuple, int]:
+    """Per trained run of the paper grid on a GPU (stacks of 64): how many members of its stack
+    share its loss computation (same method, schedule and manifold)."""
+    sizes = {}
+    for runs in stack_groups(cfg, grid, 64).values():
+        kind = runs.dataset.map(lambda d: repr(get_dataset(d).manifold))
+        counts = runs.assign(kind=kind).groupby(["method", "schedule", "kind"]).size()
+        for r, k in zip(runs.itertuples(), kind, strict=True):
+            sizes[(r.dataset, r.split, r.schedule, r.method, r.seed)] = counts[
+                (r.method, r.schedule, k)
+            ]
+    return sizes
+
+
+def modelled_gpu_hours(
+    rows: list[dict], peak_tflops: float, efficiency: float, op_us: float
+) -> float:
+    """The paper grid's training on one GPU by a two-term model, from the measured operation
+    counts: a run's step in a stack costs max(its FLOPs at efficiency x peak, its share of the
+    stack's operations x op_us), its share being ops(K_g) / K_g for the K_g members of its loss
+    group (stacks of 64 as the pipeline forms them on a GPU)."""
+    cfg = yaml.safe_load((REPO / "config/config.yaml").read_text())
+    grid, _ = build_grid(cfg)
+    flop_s = flops_per_model_step() / (efficiency * peak_tflops * 1e12)
+    seconds = 0.0
+    for key, k_g in loss_group_sizes(cfg, grid).items():
+        dataset, _, schedule, method, _ = key
+        fam = dataset_family(dataset)
+        pts = sorted((r["K"], r["ops_per_step"]) for r in rows
+                     if r["family"] == fam and r["method"] == method)  # fmt: skip
+        if not pts:
+            continue
+        ops = float(np.interp(math.log(k_g), np.log([p[0] for p in pts]), [p[1] for p in pts]))
+        steps, _ = run_settings(cfg, dataset, schedule, method)
+        seconds += steps * max(flop_s, ops / k_g * op_us * 1e-6)
+    return seconds / 3600
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -205,6 +253,25 @@ def main() -> None:
         type=int,
         default=0,
         help="TrainConfig.data_block (0: the device's default, 64 on CUDA, 1 else)",
+    )
+    p.add_argument(
+        "--model-tflops",
+        type=float,
+        default=495.0,
+        help="the modelled GPU's dense TF32 rate (495: H100/H200 SXM datasheets)",
+    )
+    p.add_argument(
+        "--model-efficiency",
+        type=float,
+        default=0.5,
+        help="the fraction of it the network's products reach",
+    )
+    p.add_argument(
+        "--model-op-us",
+        type=float,
+        nargs=2,
+        default=[8.0, 2.0],
+        help="microseconds per dispatched operation: eager, and replayed in a graph",
     )
     p.add_argument("--cell", nargs=3, metavar=("FAMILY", "METHOD", "K"), help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -229,6 +296,12 @@ def main() -> None:
                       f"{row['model_steps_per_s'] / base:>7.2f} {row['peak_memory_mb']:>9.0f} "
                       f"{row['ops_per_step']:>9}", flush=True)  # fmt: skip
     proj = projection(rows, device)
+    model = {
+        f"{name}_hours": modelled_gpu_hours(rows, args.model_tflops, args.model_efficiency, us)
+        for name, us in zip(("eager", "graphs"), args.model_op_us, strict=True)
+    }
+    model.update(peak_tflops=args.model_tflops, efficiency=args.model_efficiency,
+                 op_us=args.model_op_us)  # fmt: skip
     left = proj["unmeasured_model_steps"] / proj["model_steps"]
     print(
         f"paper grid: {proj['model_steps'] / 1e6:.0f} M model-steps; training projected at "
@@ -236,9 +309,15 @@ def main() -> None:
         f"(this device's default), {proj['hours_best_k']:.1f} h at K = {proj['best_k']}"
         + (f" ({left:.0%} of the model-steps not measured, left out)" if left else "")
     )
+    print(
+        f"modelled for one GPU of {args.model_tflops:g} TFLOP/s (TF32) at "
+        f"{args.model_efficiency:.0%} and {args.model_op_us[0]:g} / {args.model_op_us[1]:g} "
+        f"us per operation (eager / CUDA graphs), from the operation counts above: "
+        f"{model['eager_hours']:.1f} h / {model['graphs_hours']:.1f} h (a model, not a measurement)"
+    )
     print("JSON " + json.dumps({"device": str(device), "device_name": device_name(device),
                                 "threads": torch.get_num_threads(), "cells": rows,
-                                "projection": proj}))  # fmt: skip
+                                "projection": proj, "gpu_model": model}))  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -15,7 +15,12 @@ import pytest
 from madbench import aggregate as A
 from madbench.aggregate import summarize
 from madbench.dashboard import leaderboard_section
-from madbench.findings import HEADLINE_END, HEADLINE_START, write_findings
+from madbench.findings import (
+    HEADLINE_END,
+    HEADLINE_START,
+    update_readme_headline,
+    write_findings,
+)
 from madbench.leaderboard import comparisons, leaderboards
 
 REPO = Path(__file__).resolve().parents[1]
@@ -108,6 +113,20 @@ def test_generated_findings_quote_only_table_cells_and_the_right_verdicts(tmp_pa
     assert "dist_mean: DSM" in lost and "nll" not in lost
     prov = json.loads((out / "provenance.json").read_text())
     assert prov["wall_time_s"] == 123.0 and prov["command"] == "make study"
+
+
+def test_the_readme_headline_block_is_replaced_and_nothing_else(tmp_path):
+    results = fake_study(tmp_path / "results")
+    write_findings(results, tmp_path / "findings", "make study")
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{HEADLINE_START}\nold table\n{HEADLINE_END}\nrest\n")
+    head = (tmp_path / "findings" / "headline.md").read_text()
+    assert update_readme_headline(readme, head)
+    text = readme.read_text()
+    assert text.startswith("intro\n") and text.endswith(f"{HEADLINE_END}\nrest\n")
+    assert "old table" not in text and head.strip() in text
+    (tmp_path / "other.md").write_text("no markers\n")
+    assert not update_readme_headline(tmp_path / "other.md", head)
 
 
 def test_a_quoted_number_that_is_not_in_the_tables_is_caught(tmp_path):

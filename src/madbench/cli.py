@@ -109,6 +109,12 @@ def _evaluation_parsers(sub) -> None:
     fi.add_argument("--out", type=Path, default=Path("docs/findings"))
     fi.add_argument("--command", default="make study", help="the command that made the results")
     fi.add_argument("--wall-time", type=float, default=None, help="the study's wall time (s)")
+    fi.add_argument(
+        "--readme",
+        type=Path,
+        default=Path("README.md"),
+        help="README whose headline block (between its findings markers) is updated",
+    )
 
 
 # ---------------------------------------------------------------------- commands
@@ -261,12 +267,15 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_findings(args: argparse.Namespace) -> None:
-    from madbench.findings import write_findings
+    from madbench.findings import update_readme_headline, write_findings
 
     if not (args.results / "tables" / "runs.csv").is_file():
         raise UsageError(f"--results {args.results} holds no tables/runs.csv: run the study first")
     write_findings(args.results, args.out, args.command, args.wall_time)
     print(f"findings of {args.results} -> {args.out}")
+    head = (args.out / "headline.md").read_text()
+    if update_readme_headline(args.readme, head):
+        print(f"headline table -> {args.readme}")
 
 
 # ---------------------------------------------------------------------- entry point

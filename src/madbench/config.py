@@ -148,6 +148,10 @@ class TrainConfig:
     #: rejection rounds' host synchronisation, per block); 0: auto, 64 on CUDA and 1 on the CPU
     #: (where a block saves nothing and 1 keeps every earlier run's random stream)
     data_block: int = 0
+    #: on CUDA, the network's float32 matrix products in TF32 (10-bit mantissa products, float32
+    #: sums; about 7x the FP32 rate of an H100/H200). The float64 closed forms (s_base, heat
+    #: kernels) and evaluation (a separate process) are not affected; no effect on the CPU
+    tf32: bool = True
     device: str = "auto"
     wandb: bool = False
     wandb_project: str = "madbench"

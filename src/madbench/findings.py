@@ -261,3 +261,15 @@ def write_findings(
     prov = provenance(results, command, wall_time_s)
     write_text(out / "provenance.json", json.dumps(prov, indent=1) + "\n")
     write_text(out / "README.md", readme(summary, comp, conv, families, prov, out))
+
+
+def update_readme_headline(readme: Path, headline_md: str) -> bool:
+    """Put ``headline_md`` between the headline markers of ``readme``; False if it has none."""
+    text = readme.read_text() if readme.is_file() else ""
+    if HEADLINE_START not in text or HEADLINE_END not in text:
+        return False
+    start = text.index(HEADLINE_START) + len(HEADLINE_START)
+    write_text(
+        readme, text[:start] + "\n" + headline_md.strip() + "\n" + text[text.index(HEADLINE_END) :]
+    )
+    return True

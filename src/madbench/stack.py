@@ -62,6 +62,7 @@ from madbench.training import (
     peak_memory_mb,
     run_logger,
     sample_quality,
+    set_matmul_precision,
     snapshot_step,
 )
 
@@ -409,6 +410,7 @@ def train_stack(
         cfg.validate()
     check_stackable(cfgs)
     device = resolve_device(cfgs[0].device)
+    set_matmul_precision(cfgs[0], device)
     methods = [build_run(cfg, device) for cfg in cfgs]
     untrainable = [m.name for m in methods if not m.trainable]
     if untrainable:

@@ -75,6 +75,7 @@ RUN_FILES_ALL = frozenset(RUN_FILES + DERIVED_FILES + DERIVED_DIRS)
 #: config keys that may differ between a checkpoint and the run that resumes it
 RESUMABLE_KEYS = (
     "device",
+    "tf32",
     "log_every",
     "checkpoint_every",
     "wandb",
@@ -206,6 +207,13 @@ def git_commit() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def set_matmul_precision(cfg: TrainConfig, device: torch.device) -> None:
+    """TF32 matrix products for training on CUDA when ``cfg.tf32`` (this process only)."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
+        torch.backends.cudnn.allow_tf32 = cfg.tf32
 
 
 def device_name(device: torch.device) -> str:
@@ -531,6 +539,7 @@ def train(
     """
     cfg.validate()
     device = resolve_device(cfg.device)
+    set_matmul_precision(cfg, device)
     method = build_run(cfg, device)
     run = RunDir(out_dir)
     if run.path.exists() and not run.path.is_dir():
