@@ -67,11 +67,14 @@ class Schedule(ABC):
 
     @property
     def sigma_min(self) -> float:
-        return float(self.sigma(self.t_min))
+        """sigma(t_min), in float64 (a float32 evaluation rounds VE's 1e-3 to 1.00000005e-3,
+        which then reads as above a stated level of 1e-3)."""
+        return float(self.sigma(torch.tensor(self.t_min, dtype=torch.float64)))
 
     @property
     def sigma_max(self) -> float:
-        return float(self.sigma(self.T))
+        """sigma(T), in float64."""
+        return float(self.sigma(torch.tensor(self.T, dtype=torch.float64)))
 
     def t_of_heat_time(self, tau: float) -> float:
         """The smallest t in [0, T] with heat_time(t) >= tau, to float64 resolution (bisection;
