@@ -84,6 +84,25 @@ def test_train_stack_rejects_a_bad_spec_with_one_line(capsys, tmp_path, spec, ne
     assert not (tmp_path / "r" / "checkpoint.pt").exists()
 
 
+def test_findings_from_a_study_and_the_readme_block(capsys, tmp_path):
+    """madbench findings as make study calls it (its --command once clobbered the subcommand)."""
+    from test_findings import fake_study
+
+    from madbench.findings import HEADLINE_END, HEADLINE_START
+
+    results = fake_study(tmp_path / "results")
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{HEADLINE_START}\n{HEADLINE_END}\n")
+    rc, out, err = run_cli(capsys, "findings", "--results", str(results), "--out",
+                           str(tmp_path / "f"), "--command", "make study", "--wall-time", "60",
+                           "--readme", str(readme))  # fmt: skip
+    assert rc == 0, err
+    assert json.loads((tmp_path / "f" / "provenance.json").read_text())["command"] == "make study"
+    assert (tmp_path / "f" / "headline.md").read_text().strip() in readme.read_text()
+    rc, _, err = run_cli(capsys, "findings", "--results", str(tmp_path / "none"))
+    assert rc == 2 and "holds no tables/runs.csv" in err
+
+
 def test_train_then_sample(capsys, tmp_path):
     run = tmp_path / "run"
     rc, out, err = run_cli(

@@ -107,7 +107,12 @@ def _evaluation_parsers(sub) -> None:
     fi = sub.add_parser("findings", help="write docs/findings from a finished study")
     fi.add_argument("--results", type=Path, default=Path("results/study"))
     fi.add_argument("--out", type=Path, default=Path("docs/findings"))
-    fi.add_argument("--command", default="make study", help="the command that made the results")
+    fi.add_argument(
+        "--command",
+        dest="made_by",
+        default="make study",
+        help="the command that made the results (for provenance)",
+    )
     fi.add_argument("--wall-time", type=float, default=None, help="the study's wall time (s)")
     fi.add_argument(
         "--readme",
@@ -271,7 +276,7 @@ def cmd_findings(args: argparse.Namespace) -> None:
 
     if not (args.results / "tables" / "runs.csv").is_file():
         raise UsageError(f"--results {args.results} holds no tables/runs.csv: run the study first")
-    write_findings(args.results, args.out, args.command, args.wall_time)
+    write_findings(args.results, args.out, args.made_by, args.wall_time)
     print(f"findings of {args.results} -> {args.out}")
     head = (args.out / "headline.md").read_text()
     if update_readme_headline(args.readme, head):
