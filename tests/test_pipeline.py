@@ -153,7 +153,7 @@ def test_run_settings_apply_overrides_in_order():
     )
 
 
-def test_stacks_group_one_dimension_and_split_by_seed_and_keep_shapes_apart():
+def test_stacks_group_one_dimension_and_split_by_method_and_keep_shapes_apart():
     from madbench.pipeline import build_grid, stack_groups, stack_size
 
     cfg = yaml.safe_load((REPO / "config/test.yaml").read_text())
@@ -166,11 +166,13 @@ def test_stacks_group_one_dimension_and_split_by_seed_and_keep_shapes_apart():
         (r.dataset, r.method, r.seed) for r in grid[grid.method != "oracle"].itertuples()
     )  # every trainable run in exactly one stack, the oracle in none
     by_stack = {k: [(m, s) for kk, _, m, s in members if kk == k] for k in stacks}
-    assert by_stack["dim~2/split~none/stack~00"] == [("dsm", 0), ("mad", 0), ("dsm", 1),
-                                                           ("mad", 1)]  # fmt: skip
+    assert [by_stack[f"dim~2/split~none/stack~0{i}"] for i in range(2)] == [
+        [("dsm", 0), ("dsm", 1), ("dsm", 2), ("mad", 0)],  # a method's runs side by side
+        [("mad", 1), ("mad", 2)],
+    ]
     assert [by_stack[f"dim~3/split~none/stack~0{i}"] for i in range(3)] == [
-        [("dsm", 0), ("mad", 0), ("dsm", 1), ("mad", 1)],
-        [("dsm", 2), ("mad", 2)],
+        [("dsm", 0), ("dsm", 1), ("dsm", 2), ("mad", 0)],
+        [("mad", 1), ("mad", 2)],
         [("rsgm", 0), ("rsgm", 1), ("rsgm", 2)],  # its lr sets it apart
     ]
     assert stack_groups(cfg, grid, 1) == {}

@@ -199,10 +199,9 @@ def stack_groups(cfg: dict[str, Any], grid: pd.DataFrame, size: int) -> dict[str
 
     Runs of one ambient dimension and split whose training configs differ only in the keys a
     stack lets its members differ in (dataset, seed, method, schedule) are grouped, ordered by
-    seed, dataset, schedule and method (so more seeds append stacks rather than regroup the
-    earlier ones) and cut into stacks of at most ``size``. Within a stack the runs of one
-    method, schedule and manifold share their loss computation (madbench.stack). Empty when
-    ``size`` is 1.
+    method, schedule, dataset and seed, and cut into stacks of at most ``size``: the runs of
+    one method, schedule and manifold, which share their loss computation (madbench.stack),
+    sit together, so a stack holds few such groups. Empty when ``size`` is 1.
     """
     if size <= 1:
         return {}
@@ -210,7 +209,7 @@ def stack_groups(cfg: dict[str, Any], grid: pd.DataFrame, size: int) -> dict[str
     runs = grid[trainable].assign(
         dim=grid.dataset.map(lambda d: get_dataset(d).manifold.ambient_dim)
     )
-    runs = runs.sort_values(["dim", "split", "seed", "dataset", "schedule", "method"])
+    runs = runs.sort_values(["dim", "split", "method", "schedule", "dataset", "seed"])
     shapes = runs.apply(lambda r: _shape_key(cfg, r), axis=1)
     stacks: dict[str, pd.DataFrame] = {}
     for (dim, split), cell in runs.groupby(["dim", "split"], sort=True):

@@ -120,18 +120,20 @@ class Stack:
     step: int = 0
     elapsed: float = 0.0
     window: list[Tensor] = field(default_factory=list)  # the (K,) losses since the last log
+    #: runs of consecutive members with one loss_group: their draws go through one loss
+    #: computation (set by build_stack and drop; members are built in group order)
+    groups: list[range] = field(default_factory=list)
 
     @property
     def cfg(self) -> TrainConfig:
         return self.members[0].cfg
 
-    @property
-    def groups(self) -> list[range]:
-        """Runs of consecutive members with one :func:`loss_group` (members are built in
-        that order): their draws go through one loss computation."""
-        keys = [loss_group(m) for m in self.members]
-        starts = [k for k in range(len(keys)) if k == 0 or keys[k] != keys[k - 1]]
-        return [range(a, b) for a, b in zip(starts, [*starts[1:], len(keys)], strict=True)]
+
+def consecutive_groups(members: list[Member]) -> list[range]:
+    """The ranges of consecutive members that share a :func:`loss_group`."""
+    keys = [loss_group(m) for m in members]
+    starts = [k for k in range(len(keys)) if k == 0 or keys[k] != keys[k - 1]]
+    return [range(a, b) for a, b in zip(starts, [*starts[1:], len(keys)], strict=True)]
 
 
 def loss_group(m: Member) -> tuple:
@@ -165,7 +167,7 @@ def build_stack(members: list[Member], checkpoints: list[dict | None]) -> Stack:
     net = StackedMLP([m.method.net for m in members])
     opt, sched = _optimizer(cfg, net)
     ema = EMA(net, cfg.ema)
-    stack = Stack(members, net, opt, sched, ema)
+    stack = Stack(members, net, opt, sched, ema, groups=consecutive_groups(members))
     if checkpoints[0] is not None:
         _restore(stack, checkpoints)
     return stack
@@ -327,6 +329,7 @@ def drop(stack: Stack, k: int) -> None:
     for shadow, value in zip(stack.ema.shadow, ema, strict=True):
         shadow.copy_(value)
     del stack.members[k]
+    stack.groups = consecutive_groups(stack.members)
 
 
 # ---------------------------------------------------------------------- boundaries
