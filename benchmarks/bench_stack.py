@@ -217,15 +217,15 @@ def loss_group_sizes(cfg: dict, grid) -> dict[tuple, int]:
 
 def modelled_gpu_hours(
     rows: list[dict], peak_tflops: float, efficiency: float, op_us: float
-) -> float:
+) -> dict[str, float]:
     """The paper grid's training on one GPU by a two-term model, from the measured operation
     counts: a run's step in a stack costs max(its FLOPs at efficiency x peak, its share of the
     stack's operations x op_us), its share being ops(K_g) / K_g for the K_g members of its loss
-    group (stacks of 64 as the pipeline forms them on a GPU)."""
+    group (stacks of 64 as the pipeline forms them on a GPU). Hours per method and in all."""
     cfg = yaml.safe_load((REPO / "config/config.yaml").read_text())
     grid, _ = build_grid(cfg)
     flop_s = flops_per_model_step() / (efficiency * peak_tflops * 1e12)
-    seconds = 0.0
+    seconds: dict[str, float] = {}
     for key, k_g in loss_group_sizes(cfg, grid).items():
         dataset, _, schedule, method, _ = key
         fam = dataset_family(dataset)
@@ -235,8 +235,18 @@ def modelled_gpu_hours(
             continue
         ops = float(np.interp(math.log(k_g), np.log([p[0] for p in pts]), [p[1] for p in pts]))
         steps, _ = run_settings(cfg, dataset, schedule, method)
-        seconds += steps * max(flop_s, ops / k_g * op_us * 1e-6)
-    return seconds / 3600
+        cost = steps * max(flop_s, ops / k_g * op_us * 1e-6)
+        seconds[method] = seconds.get(method, 0.0) + cost
+    hours = {m: v / 3600 for m, v in sorted(seconds.items())}
+    return {**hours, "all": sum(hours.values())}
+
+
+def _earlier_cells(path: Path | None) -> list[dict]:
+    """The cells of an earlier run's output (its JSON line), to project with the new ones."""
+    if path is None:
+        return []
+    line = next(ln for ln in path.read_text().splitlines() if ln.startswith("JSON "))
+    return json.loads(line.removeprefix("JSON "))["cells"]
 
 
 def main() -> None:
@@ -273,6 +283,13 @@ def main() -> None:
         default=[8.0, 2.0],
         help="microseconds per dispatched operation: eager, and replayed in a graph",
     )
+    p.add_argument(
+        "--cells-from",
+        type=Path,
+        default=None,
+        help="an earlier run's output: its cells of the families not measured now "
+        "join the projection",
+    )
     p.add_argument("--cell", nargs=3, metavar=("FAMILY", "METHOD", "K"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.cell:
@@ -282,7 +299,7 @@ def main() -> None:
     print(f"device: {device} ({device_name(device)}), torch threads {torch.get_num_threads()}")
     print(f"{'family':9} {'method':6} {'K':>4} {'model-steps/s':>14} {'x K=1':>7} "
           f"{'peak MB':>9} {'ops/step':>9}")  # fmt: skip
-    rows = []
+    rows = [r for r in _earlier_cells(args.cells_from) if r["family"] not in args.families]
     for family in args.families:
         for method in args.methods:
             base = None
@@ -300,6 +317,11 @@ def main() -> None:
         f"{name}_hours": modelled_gpu_hours(rows, args.model_tflops, args.model_efficiency, us)
         for name, us in zip(("eager", "graphs"), args.model_op_us, strict=True)
     }
+    per_method = ", ".join(
+        f"{m} {model['eager_hours'][m]:.1f} / {model['graphs_hours'][m]:.1f} h"
+        for m in model["eager_hours"]
+        if m != "all"
+    )
     model.update(peak_tflops=args.model_tflops, efficiency=args.model_efficiency,
                  op_us=args.model_op_us)  # fmt: skip
     left = proj["unmeasured_model_steps"] / proj["model_steps"]
@@ -313,7 +335,8 @@ def main() -> None:
         f"modelled for one GPU of {args.model_tflops:g} TFLOP/s (TF32) at "
         f"{args.model_efficiency:.0%} and {args.model_op_us[0]:g} / {args.model_op_us[1]:g} "
         f"us per operation (eager / CUDA graphs), from the operation counts above: "
-        f"{model['eager_hours']:.1f} h / {model['graphs_hours']:.1f} h (a model, not a measurement)"
+        f"{model['eager_hours']['all']:.1f} h / {model['graphs_hours']['all']:.1f} h "
+        f"({per_method}; a model, not a measurement)"
     )
     print("JSON " + json.dumps({"device": str(device), "device_name": device_name(device),
                                 "threads": torch.get_num_threads(), "cells": rows,
