@@ -12,6 +12,7 @@ from __future__ import annotations
 import fnmatch
 import functools
 import itertools
+import os
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager, redirect_stderr, redirect_stdout
@@ -28,6 +29,7 @@ from madbench.stack import MEMBER_KEYS
 
 SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
 GRID_COLUMNS = ["dataset", "split", "schedule", "method", "seed"]
+STACK_ENV = "MADBENCH_TRAIN_STACK"
 
 
 def registry_names(cfg: dict[str, Any] | None = None) -> dict[str, list[str]]:
@@ -191,6 +193,14 @@ def stack_size(cfg: dict[str, Any], cuda: bool, env: str | None = None) -> int:
         return 64 if cuda else 1
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
         raise ValueError(f"{key}: {size!r} is not a positive integer or 'auto'")
+    return size
+
+
+def resolve_stack_size(cfg: dict[str, Any], cuda: bool) -> int:
+    """:func:`stack_size` with MADBENCH_TRAIN_STACK from the environment, which it then sets
+    to the result: jobs that parse the workflow again (cluster jobs) inherit the same size."""
+    size = stack_size(cfg, cuda, os.environ.get(STACK_ENV))
+    os.environ[STACK_ENV] = str(size)
     return size
 
 

@@ -24,7 +24,7 @@ from madbench.pipeline import (
     evaluate_overrides,
     run_spec,
     stack_groups,
-    stack_size,
+    resolve_stack_size,
 )
 from madbench.rate_separation.outputs import FIGURES as RS_FIGURE_NAMES
 
@@ -96,12 +96,12 @@ def train_cmd(wildcards, resources):
     return shlex.join(argv)
 
 
-# ---- stacks (config key train.stack; workflow/rules/runs.smk, rule train_stack): the trainable
-# runs of a dataset and split train as stacked models of up to STACK_SIZE runs, one job each.
-# "auto" is resolved once, where Snakemake starts, and exported: cluster jobs parse this file
-# again on nodes that may see a GPU the submitting host does not, and must find the same stacks.
-STACK_SIZE = stack_size(config, GPU_PER_JOB > 0, os.environ.get("MADBENCH_TRAIN_STACK"))
-os.environ["MADBENCH_TRAIN_STACK"] = str(STACK_SIZE)
+# ---- stacks (config key train.stack; the train_stack jobs of workflow/rules/runs.smk): the
+# trainable runs of one ambient dimension and split train as stacked models of up to STACK_SIZE
+# runs, one job each. "auto" is resolved once, where Snakemake starts, and exported (in
+# madbench.pipeline.resolve_stack_size): cluster jobs parse this file again on nodes that may
+# see a GPU the submitting host does not, and must find the same stacks.
+STACK_SIZE = resolve_stack_size(config, GPU_PER_JOB > 0)
 STACKS = stack_groups(config, GRID, STACK_SIZE)
 STACK_OF = {
     f"{RESULTS}/runs/{RUNS.wildcard_pattern.format(**row._asdict())}": stack
