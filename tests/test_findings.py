@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from madbench import aggregate as A
-from madbench.aggregate import summarize
+from madbench.aggregate import not_converged, summarize
 from madbench.dashboard import leaderboard_section
 from madbench.findings import (
     HEADLINE_END,
@@ -44,6 +44,7 @@ def fake_study(root: Path) -> Path:
             m = {"nll": nll + 0.01 * rng.normal(), "tv": tv + 0.05 * rng.normal(),
                  "dist_mean": dist + 0.001 * rng.normal(), "floor_tv": 0.01}  # fmt: skip
             (run / "metrics.json").write_text(json.dumps(m))
+            (run / "run_info.json").write_text(json.dumps({"git_commit": f"c0ffee{seed % 2}"}))
             statuses.append(run / "status" / "evaluate.json")
     A.write_tables(statuses, root / "tables", ["discrete"])
     return root
@@ -59,10 +60,12 @@ def backticked(text: str) -> list[str]:
 
 
 def markdown_cells(text: str) -> list[str]:
-    """The cells of the Markdown tables in ``text`` (bold marks and daggers removed)."""
-    cells = []
-    for line in text.splitlines():
-        if line.startswith("|") and not set(line) <= set("|-"):
+    """The cells of the Markdown tables in ``text`` below their header rows (bold marks and
+    daggers removed)."""
+    cells, lines = [], text.splitlines()
+    for line, below in zip(lines, lines[1:] + [""], strict=True):
+        header = set(below) <= set("|-") and below.startswith("|")  # names, not values
+        if line.startswith("|") and not set(line) <= set("|-") and not header:
             cells += [c.strip().strip("*").removesuffix(" †") for c in line.strip("|").split("|")]
     return cells
 
@@ -79,11 +82,12 @@ def table_cells(tables: Path) -> set[str]:
 
 def loose_numbers(text: str) -> list[str]:
     """Numbers outside backticks, link targets and row citations ('row 12'), except the
-    confidence level '95 %'."""
+    confidence level '95 %' and the names SO(3) and S^2."""
     text = re.sub(r"`[^`]*`", "", text)
     text = re.sub(r"\]\([^)]*\)", "]", text)
     text = re.sub(r"row \d+", "", text)
     text = text.replace("95 %", "").replace("→1", "")  # the confidence level, an arrow
+    text = re.sub(r"SO\(3\)|S\^2", "", text)  # names of manifolds
     lines = [ln for ln in text.splitlines() if not ln.startswith(("<!--", "|"))]
     return [m for ln in lines for m in NUMBER.findall(ln)]
 
@@ -113,6 +117,21 @@ def test_generated_findings_quote_only_table_cells_and_the_right_verdicts(tmp_pa
     assert "dist_mean: DSM" in lost and "nll" not in lost
     prov = json.loads((out / "provenance.json").read_text())
     assert prov["wall_time_s"] == 123.0 and prov["command"] == "make study"
+    assert prov["run_commits"] == ["c0ffee0", "c0ffee1"]  # the runs' commits, not this checkout's
+    head = pd.read_csv(out / "tables" / "headline.csv")
+    assert list(head.columns) == ["family", "cell", "dsm", "mad", "MAD vs DSM (nll)"]
+
+
+def test_leaderboards_mark_the_means_that_did_not_converge(tmp_path):
+    summary = summarize(pd.read_csv(fake_study(tmp_path) / "tables" / "runs.csv"))
+    bad = {("toy", "none", "ve", "dsm", "nll")}
+    (board,) = leaderboards(summary, "discrete", bad)
+    table = board.table.set_index("method")
+    assert table.loc["dsm", "nll"].endswith(" †") and not table.loc["mad", "nll"].endswith("†")
+    assert not table.loc["dsm", "tv"].endswith("†")
+    assert "<td>3.01 ± 0.017 †</td>" in leaderboard_section(
+        pd.read_csv(tmp_path / "tables" / "runs.csv"), bad
+    )
 
 
 def test_the_readme_headline_block_is_replaced_and_nothing_else(tmp_path):
@@ -152,10 +171,11 @@ def test_committed_findings_agree_with_their_tables_the_readme_and_the_dashboard
     readme = (REPO / "README.md").read_text()
     block = readme[readme.index(HEADLINE_START) + len(HEADLINE_START) : readme.index(HEADLINE_END)]
     assert block.strip() == (FINDINGS / "headline.md").read_text().strip()
-    page = leaderboard_section(runs)
+    bad = not_converged(pd.read_csv(FINDINGS / "tables" / "convergence.csv"))
+    page = leaderboard_section(runs, bad)
     text = (FINDINGS / "README.md").read_text()
     for family in summary["family"].unique():
-        for board in leaderboards(summary, family):
+        for board in leaderboards(summary, family, bad):
             for m, (leader, separated) in board.leaders.items():
                 cell = board.table.set_index("method").loc[leader, m]
                 assert f"`{cell}`" in text or cell in text

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from madbench.aggregate import CELL, fmt_mean_ci, headline_metrics
+from madbench.aggregate import CELL, NOT_CONVERGED, fmt_mean_ci, headline_metrics
 from madbench.stats import intervals_separate
 
 #: how each headline metric is read: "lower" is better, or "one" (closer to 1 is better)
@@ -76,20 +76,23 @@ class Board:
     leaders: dict[str, tuple[str, bool]]
 
 
-def leaderboards(summary: pd.DataFrame, family: str) -> list[Board]:
+def leaderboards(
+    summary: pd.DataFrame, family: str, unconverged: set[tuple] = frozenset()
+) -> list[Board]:
     """One :class:`Board` per (dataset, split, schedule) of ``family``: headline metrics, the
     noise floor of each distributional metric, the leader of each metric among the competitors
-    (bold where separated)."""
+    (bold where separated); † marks the means in ``unconverged``
+    (:func:`madbench.aggregate.not_converged`)."""
     fam = summary[summary["family"] == family]
     present = [m for m in fam["metric"].dropna().unique() if fam.loc[fam.metric == m, "n"].sum()]
     metrics = [m for m in headline_metrics(present) if m in BETTER]
     boards = []
     for (dataset, split, schedule), g in fam.groupby(CELL[:3], sort=True):
-        boards.append(_board(g, dataset, split, schedule, metrics))
+        boards.append(_board(g, (dataset, split, schedule), metrics, unconverged))
     return boards
 
 
-def _board(g: pd.DataFrame, dataset: str, split: str, schedule: str, metrics: list[str]) -> Board:
+def _board(g: pd.DataFrame, cell: tuple, metrics: list[str], unconverged: set[tuple]) -> Board:
     by = {(r.method, r.metric): r for r in g.itertuples()}
     methods = sorted(g["method"].unique(), key=lambda m: (m in REFERENCE_METHODS, m))
     leaders = {}
@@ -108,13 +111,14 @@ def _board(g: pd.DataFrame, dataset: str, split: str, schedule: str, metrics: li
         for m in metrics:
             r = by.get((k, m))
             row[m] = fmt_mean_ci(r.mean, r.ci_low, r.ci_high) if r is not None else "–"
+            row[m] += NOT_CONVERGED if (*cell, k, m) in unconverged else ""
         cells.append(row)
     floor = {"method": "noise floor"}
     for m in metrics:
         f = g[g["metric"] == f"floor_{m}"]
         floor[m] = fmt_mean_ci(*f.iloc[0][["mean", "ci_low", "ci_high"]]) if len(f) else ""
     table = pd.DataFrame([*cells, floor], columns=["method", *metrics])
-    return Board(dataset, split, schedule, table, leaders)
+    return Board(*cell, table, leaders)
 
 
 def comparisons(summary: pd.DataFrame, pairs=PAIRS) -> pd.DataFrame:

@@ -29,6 +29,7 @@ from madbench.aggregate import (
     COORDS,
     headline_metrics,
     metric_columns,
+    not_converged,
     run_pattern,
     summarize,
     wide_table,
@@ -152,12 +153,13 @@ def board_html(board: Board) -> str:
     )
 
 
-def leaderboard_section(runs: pd.DataFrame) -> str:
-    """Per family, a leaderboard per dataset and schedule (:mod:`madbench.leaderboard`)."""
+def leaderboard_section(runs: pd.DataFrame, unconverged: set[tuple] = frozenset()) -> str:
+    """Per family, a leaderboard per dataset and schedule (:mod:`madbench.leaderboard`); †
+    marks the means the convergence check found still moving."""
     summary = summarize(runs)
     parts = []
     for fam in sorted(summary["family"].dropna().unique()):
-        boards = "".join(board_html(b) for b in leaderboards(summary, fam))
+        boards = "".join(board_html(b) for b in leaderboards(summary, fam, unconverged))
         parts.append(f'<section class="family"><h3>{html.escape(str(fam))}</h3>{boards}</section>')
     return "\n".join(parts) or "<p>No finished runs yet.</p>"
 
@@ -215,6 +217,12 @@ def page_data(runs: pd.DataFrame, results: Path, page_dir: Path) -> dict:
     }
 
 
+def unconverged_in(tables_dir: Path) -> set[tuple]:
+    """The means the convergence table of ``tables_dir`` marks not converged (none without it)."""
+    path = tables_dir / "convergence.csv"
+    return not_converged(pd.read_csv(path)) if path.is_file() else set()
+
+
 def build_dashboard(
     runs_csv: str | Path,
     tables_dir: str | Path,
@@ -237,7 +245,7 @@ def build_dashboard(
         n_failed=n_failed,
         failed_class="bad" if n_failed else "good",
         summary=summary_sections(runs),
-        leaderboard=leaderboard_section(runs),
+        leaderboard=leaderboard_section(runs, unconverged_in(Path(tables_dir))),
         figures=figure_section(Path(figures_dir), page_dir),
         tables=table_links(Path(tables_dir), page_dir),
         rate_separation=rate_separation_section(Path(results_dir)),
