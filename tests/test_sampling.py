@@ -151,16 +151,7 @@ def test_s2_vmf_mixture_all_samplers_slow(sampler, schedule):
 
 # ------------------------------------------------------------------------------ SO(3)
 def _so3_mixture():
-    try:
-        from madbench.data import so3  # noqa: F401
-    except ImportError as e:  # the SO(3) datasets are written in parallel
-        pytest.skip(f"SO(3) datasets not available: {e}")
-    from madbench.data import DATASETS
-
-    names = [n for n in DATASETS if n.startswith("so3_mf_mixture")]
-    if not names:
-        pytest.skip("no so3_mf_mixture_* dataset registered yet")
-    return get_dataset(sorted(names)[0])
+    return get_dataset("so3_mf_mixture_3")
 
 
 def _rotation_angle(r: torch.Tensor) -> np.ndarray:
@@ -274,7 +265,8 @@ def test_so3_intrinsic_samplers_reproduce_heat_kernel(sampler, steps):
     """Data = SO(3) heat kernel around r0 at Frobenius time tau0 = 0.5: the angle of r0^T R must
     follow the heat kernel at tau0 + heat_time(t_min) (one-sample KS against its exact CDF).
     The sampler starts from Haar, so slow SO(3) mixing (e^{-tau/2}) is part of what is tested."""
-    so3_mod = pytest.importorskip("madbench.manifolds.so3")
+    from madbench.manifolds import so3 as so3_mod
+
     so3, sched, tau0, n = so3_mod.SO3(), VPLinear(), 0.5, 2000
     r0 = so3.sample_uniform(1, generator=make_generator(12)).double()
     m = HeatKernelScore(so3, sched, r0, tau0)
