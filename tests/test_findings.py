@@ -14,7 +14,7 @@ import pytest
 
 from madbench import aggregate as A
 from madbench.aggregate import not_converged, summarize
-from madbench.dashboard import leaderboard_section
+from madbench.dashboard import leaderboard_section, summary_sections
 from madbench.findings import (
     HEADLINE_END,
     HEADLINE_START,
@@ -129,9 +129,8 @@ def test_leaderboards_mark_the_means_that_did_not_converge(tmp_path):
     table = board.table.set_index("method")
     assert table.loc["dsm", "nll"].endswith(" †") and not table.loc["mad", "nll"].endswith("†")
     assert not table.loc["dsm", "tv"].endswith("†")
-    assert "<td>3.01 ± 0.017 †</td>" in leaderboard_section(
-        pd.read_csv(tmp_path / "tables" / "runs.csv"), bad
-    )
+    assert "<td>3.01 ± 0.017 †</td>" in leaderboard_section(summary, bad)
+    assert "<td>3.01 ± 0.017 †</td>" in summary_sections(summary, bad)  # the dashboard's tables
 
 
 def test_the_readme_headline_block_is_replaced_and_nothing_else(tmp_path):
@@ -172,7 +171,7 @@ def test_committed_findings_agree_with_their_tables_the_readme_and_the_dashboard
     block = readme[readme.index(HEADLINE_START) + len(HEADLINE_START) : readme.index(HEADLINE_END)]
     assert block.strip() == (FINDINGS / "headline.md").read_text().strip()
     bad = not_converged(pd.read_csv(FINDINGS / "tables" / "convergence.csv"))
-    page = leaderboard_section(runs, bad)
+    page = leaderboard_section(summary, bad)
     text = (FINDINGS / "README.md").read_text()
     for family in summary["family"].unique():
         for board in leaderboards(summary, family, bad):

@@ -287,6 +287,15 @@ def convergence(runs: pd.DataFrame, metrics: list[str] | None = None) -> pd.Data
     return pd.DataFrame(rows, columns=cols + ["converged"])
 
 
+def convergence_shown(conv: pd.DataFrame) -> pd.DataFrame:
+    """The convergence table for reading: converged as yes / NO / –, numbers to 3 digits."""
+    shown = conv.assign(converged=conv["converged"].map({True: "yes", False: "NO"}).fillna("–"))
+    for col in ("final", "snapshot", "change", "half_width"):
+        if col in shown:
+            shown[col] = shown[col].map(lambda v: f"{v:.3g}" if v == v else "–")
+    return shown
+
+
 def not_converged(conv: pd.DataFrame | None) -> set[tuple]:
     """(dataset, split, schedule, method, metric) of the cells the check found not converged."""
     if conv is None or conv.empty:
@@ -436,8 +445,13 @@ def family_table(
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(long CSV rows, formatted wide table of the headline metrics) of one family."""
     long = summary[summary["family"] == family].reset_index(drop=True)
+    return long, wide_table(long, family_metrics(long), unconverged)
+
+
+def family_metrics(long: pd.DataFrame) -> list[str]:
+    """The headline metrics (:func:`headline_metrics`) that some seed of ``long`` has."""
     present = [m for m in long["metric"].dropna().unique() if long.loc[long.metric == m, "n"].sum()]
-    return long, wide_table(long, headline_metrics(present), unconverged)
+    return headline_metrics(present)
 
 
 def nll_levels(runs: pd.DataFrame) -> str:
@@ -552,9 +566,7 @@ def write_tables(
     per_run, shown = cost_table(runs)
     write_formats(out / "cost", per_run, shown, f"cost: {T_NOTE}")
     write_published(out, runs, summary)
-    shown = conv.assign(converged=conv["converged"].map({True: "yes", False: "NO"}))
-    for col in ("final", "snapshot", "change", "half_width"):
-        shown[col] = shown[col].map(lambda v: f"{v:.3g}" if v == v else "–")
+    shown = convergence_shown(conv)
     note = CONVERGENCE_NOTE if not conv.empty else "convergence check: not run (config key)"
     write_formats(out / "convergence", conv, shown.fillna("–"), note)
     excl = excluded if excluded is not None else pd.DataFrame(columns=["dataset", "method"])

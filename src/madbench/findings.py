@@ -13,7 +13,6 @@ import json
 import os
 import platform
 import shutil
-import subprocess
 import time
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import pandas as pd
 import torch
 
 from madbench.aggregate import (
+    convergence_shown,
     fmt_mean_ci,
     not_converged,
     summarize,
@@ -29,7 +29,8 @@ from madbench.aggregate import (
     write_text,
 )
 from madbench.leaderboard import ARROW, BETTER, Board, comparisons, leaderboards
-from madbench.rundir import RUN_INFO
+from madbench.rundir import RUN_INFO, read_json
+from madbench.training import device_name, git_commit
 
 #: the figures that carry the findings (copied from RESULTS/figures)
 FIGURES = ("efficiency", "score_error", "training_curves", "samples_s2", "samples_so3")
@@ -176,47 +177,28 @@ def run_commits(results: Path) -> list[str]:
     """The git commits the study's runs were trained at (from their run_info.json)."""
     commits = set()
     for path in (results / "runs").rglob(RUN_INFO):
-        try:
-            commits.add(json.loads(path.read_text()).get("git_commit") or "unknown")
-        except (OSError, ValueError):
-            commits.add("unreadable")
+        info = read_json(path)
+        commits.add("unreadable" if info is None else info.get("git_commit") or "unknown")
     return sorted(commits)
 
 
 def provenance(results: Path, command: str, wall_time_s: float | None) -> dict:
     """Commit(s) of the runs and of these findings, command, machine and wall time."""
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        commit = ""
-    cpu = next(
-        (ln.split(":", 1)[1].strip() for ln in _cpuinfo() if ln.startswith("model name")),
-        platform.processor() or platform.machine(),
-    )
     return {
         "run_commits": run_commits(Path(results)),
-        "findings_commit": commit or None,
+        "findings_commit": git_commit(),
         "command": command,
         "results": str(results),
         "date": time.strftime("%Y-%m-%d %H:%M %Z"),
         "wall_time_s": wall_time_s,
         "machine": {
-            "cpu": cpu,
+            "cpu": device_name(torch.device("cpu")),
             "cpu_cores": os.cpu_count(),
-            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "gpu": device_name(torch.device("cuda")) if torch.cuda.is_available() else None,
             "python": platform.python_version(),
             "torch": torch.__version__,
         },
     }
-
-
-def _cpuinfo() -> list[str]:
-    try:
-        return Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        return []
 
 
 def copy_results(results: Path, out: Path, families: list[str]) -> None:
@@ -235,8 +217,10 @@ def copy_results(results: Path, out: Path, families: list[str]) -> None:
             shutil.copyfile(src, out / "figures" / src.name)
 
 
-def readme(summary, comp, conv, families, prov: dict, out: Path) -> str:
-    """The generated README of docs/findings."""
+def readme(summary, comp, convergence, families, prov: dict, out: Path) -> str:
+    """The generated README of docs/findings; ``convergence``: the convergence table as shown
+    (:func:`madbench.aggregate.convergence_shown`) and the means it found not converged."""
+    conv, bad = convergence
     parts = [
         GENERATED,
         "# What madbench finds",
@@ -265,7 +249,6 @@ def readme(summary, comp, conv, families, prov: dict, out: Path) -> str:
         "samples of the data law: what a perfect model scores.",
         "",
     ]
-    bad = not_converged(conv.assign(converged=conv["converged"].map({"NO": False})))
     parts += [family_section(f, summary, comp, bad) for f in families]
     figs = [f for f in FIGURES if (out / "figures" / f"{f}.png").exists()]
     parts += ["## Figures", ""] + [f"![{f}](figures/{f}.png)" for f in figs]
@@ -283,11 +266,8 @@ def write_findings(
     copy_results(results, out, families)
     comp = comparisons(summary)
     conv_path = out / "tables" / "convergence.csv"
-    conv = pd.read_csv(conv_path) if conv_path.exists() else pd.DataFrame(columns=["converged"])
-    conv["converged"] = conv["converged"].map({True: "yes", False: "NO"}).fillna("–")
-    for col in ("snapshot", "final", "half_width", "change"):
-        if col in conv:
-            conv[col] = conv[col].map(lambda v: f"{v:.3g}" if v == v else "–")
+    raw = pd.read_csv(conv_path) if conv_path.exists() else pd.DataFrame(columns=["converged"])
+    conv, bad = convergence_shown(raw), not_converged(raw)
     write_csv(out / "tables" / "convergence_shown.csv", conv)
     write_csv(out / "tables" / "comparisons.csv", comp)
     write_csv(out / "tables" / "verdict_counts.csv", verdict_counts(comp))
@@ -297,7 +277,7 @@ def write_findings(
     write_text(out / "headline.md", to_markdown(head))
     prov = provenance(results, command, wall_time_s)
     write_text(out / "provenance.json", json.dumps(prov, indent=1) + "\n")
-    write_text(out / "README.md", readme(summary, comp, conv, families, prov, out))
+    write_text(out / "README.md", readme(summary, comp, (conv, bad), families, prov, out))
 
 
 def update_readme_headline(readme: Path, headline_md: str) -> bool:

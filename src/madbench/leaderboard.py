@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from madbench.aggregate import CELL, NOT_CONVERGED, fmt_mean_ci, headline_metrics
+from madbench.aggregate import CELL, NOT_CONVERGED, family_metrics, fmt_mean_ci, headline_metrics
 from madbench.stats import intervals_separate
 
 #: how each headline metric is read: "lower" is better, or "one" (closer to 1 is better)
@@ -84,8 +84,7 @@ def leaderboards(
     (bold where separated); † marks the means in ``unconverged``
     (:func:`madbench.aggregate.not_converged`)."""
     fam = summary[summary["family"] == family]
-    present = [m for m in fam["metric"].dropna().unique() if fam.loc[fam.metric == m, "n"].sum()]
-    metrics = [m for m in headline_metrics(present) if m in BETTER]
+    metrics = [m for m in family_metrics(fam) if m in BETTER]
     boards = []
     for (dataset, split, schedule), g in fam.groupby(CELL[:3], sort=True):
         boards.append(_board(g, (dataset, split, schedule), metrics, unconverged))

@@ -27,12 +27,12 @@ import pandas as pd
 from madbench._utils import atomic_write
 from madbench.aggregate import (
     COORDS,
+    family_table,
     headline_metrics,
     metric_columns,
     not_converged,
     run_pattern,
     summarize,
-    wide_table,
 )
 from madbench.leaderboard import ARROW, BETTER, Board, leaderboards
 from madbench.rate_separation.outputs import SLOPE_COLUMNS, SLOPES, rate_separation_dir
@@ -115,16 +115,12 @@ def html_table(df: pd.DataFrame, css_class: str = "sortable") -> str:
     return f'<table class="{css_class}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
-def summary_sections(runs: pd.DataFrame) -> str:
-    """Per family: the headline metrics table (mean ± 95 % t half-width over seeds)."""
-    summary = summarize(runs)
+def summary_sections(summary: pd.DataFrame, unconverged: set[tuple] = frozenset()) -> str:
+    """Per family: the table of :func:`madbench.aggregate.family_table` (the headline metrics,
+    mean ± 95 % t half-width over seeds, † where not converged)."""
     parts = []
     for fam in sorted(summary["family"].dropna().unique()):
-        long = summary[summary["family"] == fam]
-        present = [
-            m for m in long["metric"].dropna().unique() if long.loc[long.metric == m, "n"].sum()
-        ]
-        table = wide_table(long, headline_metrics(present))
+        _, table = family_table(summary, fam, unconverged)
         parts.append(f"<h3>{html.escape(str(fam))}</h3>{html_table(table)}")
     return "\n".join(parts)
 
@@ -153,10 +149,10 @@ def board_html(board: Board) -> str:
     )
 
 
-def leaderboard_section(runs: pd.DataFrame, unconverged: set[tuple] = frozenset()) -> str:
-    """Per family, a leaderboard per dataset and schedule (:mod:`madbench.leaderboard`); †
-    marks the means the convergence check found still moving."""
-    summary = summarize(runs)
+def leaderboard_section(summary: pd.DataFrame, unconverged: set[tuple] = frozenset()) -> str:
+    """Per family of the long ``summary`` (:func:`madbench.aggregate.summarize`), a leaderboard
+    per dataset and schedule (:mod:`madbench.leaderboard`); † marks the means the convergence
+    check found still moving."""
     parts = []
     for fam in sorted(summary["family"].dropna().unique()):
         boards = "".join(board_html(b) for b in leaderboards(summary, fam, unconverged))
@@ -235,6 +231,7 @@ def build_dashboard(
     page_dir = out_html.parent
     page_dir.mkdir(parents=True, exist_ok=True)
     runs = pd.read_csv(runs_csv)
+    summary, unconverged = summarize(runs), unconverged_in(Path(tables_dir))
     data = json.dumps(page_data(runs, Path(results_dir), page_dir), allow_nan=False)
     n_failed = int((runs["status"] != "ok").sum())
     page = _static("page.html").format(
@@ -244,8 +241,8 @@ def build_dashboard(
         n_runs=len(runs),
         n_failed=n_failed,
         failed_class="bad" if n_failed else "good",
-        summary=summary_sections(runs),
-        leaderboard=leaderboard_section(runs, unconverged_in(Path(tables_dir))),
+        summary=summary_sections(summary, unconverged),
+        leaderboard=leaderboard_section(summary, unconverged),
         figures=figure_section(Path(figures_dir), page_dir),
         tables=table_links(Path(tables_dir), page_dir),
         rate_separation=rate_separation_section(Path(results_dir)),
