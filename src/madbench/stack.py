@@ -43,6 +43,7 @@ from madbench.nets import StackedMLP
 from madbench.rundir import (
     CHECKPOINT,
     HISTORY_COLUMNS,
+    SNAPSHOT,
     RunDir,
     append_row,
     lock,
@@ -54,16 +55,19 @@ from madbench.rundir import (
 from madbench.training import (
     EMA,
     DataStream,
+    Due,
     NonFiniteLossError,
     _run_info,
     _start_or_resume,
-    effective_warmup,
-    lr_factor,
+    due_at,
+    make_optimizer,
     peak_memory_mb,
+    restore_generators,
+    restore_global_rng,
+    rng_state,
     run_logger,
     sample_quality,
     set_matmul_precision,
-    snapshot_step,
 )
 
 #: config keys that may differ between the members of a stack
@@ -143,15 +147,6 @@ def loss_group(m: Member) -> tuple:
     return type(meth).__name__, meth.params, repr(meth.schedule), repr(meth.manifold)
 
 
-def _optimizer(cfg: TrainConfig, net: nn.Module):
-    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    warm = effective_warmup(cfg)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda k: lr_factor(k, cfg.steps, warm, cfg.lr_final_ratio)
-    )
-    return opt, sched
-
-
 def build_stack(members: list[Member], checkpoints: list[dict | None]) -> Stack:
     """The stacked state of ``members``, from their checkpoints when they resume (all at one
     step) or from their freshly initialised networks."""
@@ -165,7 +160,7 @@ def build_stack(members: list[Member], checkpoints: list[dict | None]) -> Stack:
         for m, ck in zip(members, checkpoints, strict=True):
             m.method.net.load_state_dict(ck["model"])
     net = StackedMLP([m.method.net for m in members])
-    opt, sched = _optimizer(cfg, net)
+    opt, sched = make_optimizer(cfg, net)
     ema = EMA(net, cfg.ema)
     stack = Stack(members, net, opt, sched, ema, groups=consecutive_groups(members))
     if checkpoints[0] is not None:
@@ -190,12 +185,8 @@ def _restore(stack: Stack, cks: list[dict]) -> None:
     stack.optimizer.load_state_dict({"state": state, "param_groups": first["param_groups"]})
     stack.scheduler.load_state_dict(cks[0]["lr_scheduler"])
     for m, ck in zip(stack.members, cks, strict=True):
-        m.data_gen.set_state(ck["rng"]["data"].cpu())
-        m.noise_gen.set_state(ck["rng"]["noise"].cpu())
-        m.data_block = ck["rng"].get("data_block")
-    torch.set_rng_state(cks[0]["rng"]["torch"].cpu())
-    if "cuda" in cks[0]["rng"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in cks[0]["rng"]["cuda"]])
+        m.data_block = restore_generators(ck["rng"], m.data_gen, m.noise_gen)
+    restore_global_rng(cks[0]["rng"])
     stack.step, stack.elapsed = next(iter(steps)), float(cks[0]["elapsed"])
 
 
@@ -208,13 +199,8 @@ def member_checkpoint(stack: Stack, k: int) -> dict[str, Any]:
         for i, s in opt["state"].items()
     }
     ema = {n.removeprefix("stacked."): t for n, t in stack.ema.state_dict().items()}
-    rng = {"data": m.data_gen.get_state(), "noise": m.noise_gen.get_state()}
-    rng["torch"] = torch.get_rng_state()
     block = m.stream.state() if m.stream is not None else m.data_block
-    if block is not None:
-        rng["data_block"] = block
-    if torch.cuda.is_available():
-        rng["cuda"] = torch.cuda.get_rng_state_all()
+    rng = rng_state(m.data_gen, m.noise_gen, block)
     return {
         "method": m.cfg.method,
         "config": m.cfg.to_dict(),
@@ -318,7 +304,7 @@ def drop(stack: Stack, k: int) -> None:
     ema = [s[keep].clone() for s in stack.ema.shadow]
     for name, p in list(stack.net.stacked.items()):
         stack.net.stacked[name] = nn.Parameter(p.detach()[keep].clone())
-    stack.optimizer, stack.scheduler = _optimizer(stack.cfg, stack.net)
+    stack.optimizer, stack.scheduler = make_optimizer(stack.cfg, stack.net)
     state = {
         i: {key: v if key == "step" else v[keep] for key, v in s.items()}
         for i, s in opt["state"].items()
@@ -333,16 +319,7 @@ def drop(stack: Stack, k: int) -> None:
 
 
 # ---------------------------------------------------------------------- boundaries
-def is_boundary(cfg: TrainConfig, step: int) -> tuple[bool, bool, bool]:
-    """(log, probe, checkpoint) at this step: the cadence of a run trained alone."""
-    end = step == cfg.steps
-    probe = cfg.probe_every > 0 and (step % cfg.probe_every == 0 or end)
-    ck = step % cfg.checkpoint_every == 0 or end
-    log = step % cfg.log_every == 0 or end or probe or ck or step == snapshot_step(cfg)
-    return log, probe, ck
-
-
-def boundary(stack: Stack, stack_dir: Path, n_steps: int, seconds: float, probe: bool) -> None:
+def boundary(stack: Stack, stack_dir: Path, n_steps: int, seconds: float, due: Due) -> None:
     """At a log step: every member's finiteness (a failing member is marked and dropped),
     history rows, probes; the checkpoints (two phases) and the snapshot when due."""
     losses = torch.stack(stack.window).double().cpu()  # (n_steps, K)
@@ -359,13 +336,12 @@ def boundary(stack: Stack, stack_dir: Path, n_steps: int, seconds: float, probe:
         append_row(m.run.history, row, HISTORY_COLUMNS)
         m.log.info(f"step {stack.step}/{m.cfg.steps} loss {m.last:.5g} lr {lr:.3g} {sps:.1f} "
                    f"steps/s (stack of {len(stack.members)})")  # fmt: skip
-    if probe:
+    if due.probe:
         probe_members(stack)
-    cfg = stack.cfg
-    if stack.members and (stack.step % cfg.checkpoint_every == 0 or stack.step == cfg.steps):
+    if stack.members and due.checkpoint:
         commit(stack, stack_dir)
-    if stack.members and stack.step == snapshot_step(cfg):
-        commit(stack, stack_dir, "snapshot.pt")
+    if stack.members and due.snapshot:
+        commit(stack, stack_dir, SNAPSHOT)
 
 
 def probe_members(stack: Stack) -> None:
@@ -472,11 +448,11 @@ def _train(stack: Stack, stack_dir: Path, tty: bool, stop_after: int | None, dev
     ):
         stack.window.append(stack_step(stack))
         bar.update(1)
-        log, probe, _ = is_boundary(cfg, stack.step)
-        if log:
+        due = due_at(cfg, stack.step)
+        if due.log:
             now = time.perf_counter()
             stack.elapsed += now - t0
-            boundary(stack, stack_dir, stack.step - mark, now - t0, probe)
+            boundary(stack, stack_dir, stack.step - mark, now - t0, due)
             mark, t0 = stack.step, time.perf_counter()
     bar.close()
     for m in stack.members:

@@ -313,14 +313,20 @@ class TrainState:
     data_block: dict[str, Any] | None = None
 
 
-def make_state(cfg: TrainConfig, method: Method, device: torch.device) -> TrainState:
-    net = method.net
-    assert net is not None
+def make_optimizer(cfg: TrainConfig, net: torch.nn.Module):
+    """(AdamW with the config's lr and weight decay, its warm-up and decay LambdaLR)."""
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     warm = effective_warmup(cfg)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda k: lr_factor(k, cfg.steps, warm, cfg.lr_final_ratio)
     )
+    return opt, sched
+
+
+def make_state(cfg: TrainConfig, method: Method, device: torch.device) -> TrainState:
+    net = method.net
+    assert net is not None
+    opt, sched = make_optimizer(cfg, net)
     return TrainState(
         method,
         opt,
@@ -331,17 +337,39 @@ def make_state(cfg: TrainConfig, method: Method, device: torch.device) -> TrainS
     )
 
 
-def checkpoint_dict(cfg: TrainConfig, st: TrainState) -> dict[str, Any]:
-    rng = {
-        "data": st.data_gen.get_state(),
-        "noise": st.noise_gen.get_state(),
-        "torch": torch.get_rng_state(),
-    }
+def rng_state(
+    data_gen: torch.Generator, noise_gen: torch.Generator, data_block: dict[str, Any] | None
+) -> dict[str, Any]:
+    """A checkpoint's random state: the run's data and noise generators, the global torch (and
+    CUDA) generators, and the open data block (:meth:`DataStream.state`) if any."""
+    rng = {"data": data_gen.get_state(), "noise": noise_gen.get_state()}
+    rng["torch"] = torch.get_rng_state()
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
+    if data_block is not None:
+        rng["data_block"] = data_block
+    return rng
+
+
+def restore_generators(
+    rng: dict[str, Any], data_gen: torch.Generator, noise_gen: torch.Generator
+) -> dict[str, Any] | None:
+    """Set a run's generators from a checkpoint's :func:`rng_state`; its open data block."""
+    data_gen.set_state(rng["data"].cpu())
+    noise_gen.set_state(rng["noise"].cpu())
+    return rng.get("data_block")
+
+
+def restore_global_rng(rng: dict[str, Any]) -> None:
+    """Set the global torch (and CUDA) generators from a checkpoint's :func:`rng_state`."""
+    torch.set_rng_state(rng["torch"].cpu())
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])
+
+
+def checkpoint_dict(cfg: TrainConfig, st: TrainState) -> dict[str, Any]:
     block = st.stream.state() if st.stream is not None else st.data_block
-    if block is not None:
-        rng["data_block"] = block
+    rng = rng_state(st.data_gen, st.noise_gen, block)
     return {
         "method": cfg.method,
         "config": cfg.to_dict(),
@@ -361,12 +389,8 @@ def restore_state(st: TrainState, ck: dict[str, Any]) -> None:
     st.ema.load_state_dict(ck["ema"])
     st.optimizer.load_state_dict(ck["optimizer"])
     st.scheduler.load_state_dict(ck["lr_scheduler"])
-    st.data_gen.set_state(ck["rng"]["data"].cpu())
-    st.noise_gen.set_state(ck["rng"]["noise"].cpu())
-    st.data_block = ck["rng"].get("data_block")
-    torch.set_rng_state(ck["rng"]["torch"].cpu())
-    if "cuda" in ck["rng"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in ck["rng"]["cuda"]])
+    st.data_block = restore_generators(ck["rng"], st.data_gen, st.noise_gen)
+    restore_global_rng(ck["rng"])
     st.step, st.elapsed = int(ck["step"]), float(ck["elapsed"])
 
 
@@ -428,6 +452,27 @@ def _check_finite(losses: list[Tensor], first_step: int, cfg: TrainConfig) -> li
                 "try a lower lr or a stronger grad_clip"
             )
     return vals
+
+
+@dataclass(frozen=True)
+class Due:
+    """What the end of a step does: a log boundary (loss checks, history row) when any of the
+    others is due, a probe, a checkpoint, the snapshot."""
+
+    log: bool
+    probe: bool
+    checkpoint: bool
+    snapshot: bool
+
+
+def due_at(cfg: TrainConfig, step: int) -> Due:
+    """The cadence of a run (alone or in a stack) after ``step`` steps."""
+    end = step == cfg.steps
+    probe = cfg.probe_every > 0 and (step % cfg.probe_every == 0 or end)
+    checkpoint = step % cfg.checkpoint_every == 0 or end
+    snapshot = step == snapshot_step(cfg)
+    log = step % cfg.log_every == 0 or end or probe or checkpoint or snapshot
+    return Due(log, probe, checkpoint, snapshot)
 
 
 def snapshot_step(cfg: TrainConfig) -> int | None:
@@ -650,11 +695,9 @@ def _loop(cfg, st: TrainState, run: RunDir, log, tty: bool, stop_after, wb) -> d
         st.step += 1
         window.losses.append(loss)
         bar.update(1)
-        is_log = st.step % cfg.log_every == 0 or st.step == cfg.steps
-        is_probe = cfg.probe_every > 0 and (st.step % cfg.probe_every == 0 or st.step == cfg.steps)
-        is_snapshot = st.step == snapshot_step(cfg)
-        if is_log or is_probe or is_snapshot or st.step % cfg.checkpoint_every == 0:
-            _boundary(cfg, st, run, window, is_probe, log, bar, wb)
+        due = due_at(cfg, st.step)
+        if due.log:
+            _boundary(cfg, st, run, window, due, log, bar, wb)
     bar.close()
     if st.step == cfg.steps and not run.checkpoint.exists():
         save_checkpoint(run.checkpoint, checkpoint_dict(cfg, st))  # steps == 0
@@ -672,7 +715,7 @@ class _Window:
     last: float = float("nan")  # mean loss of the previous window
 
 
-def _boundary(cfg, st: TrainState, run: RunDir, w: _Window, is_probe: bool, log, bar, wb) -> None:
+def _boundary(cfg, st: TrainState, run: RunDir, w: _Window, due: Due, log, bar, wb) -> None:
     """At a log, probe or checkpoint step: check the losses, append history (and probes),
     save the checkpoint when due, and open a new window."""
     now = time.perf_counter()
@@ -687,15 +730,15 @@ def _boundary(cfg, st: TrainState, run: RunDir, w: _Window, is_probe: bool, log,
     wb.log(row)
     bar.set_postfix(loss=f"{w.last:.4g}", it_s=f"{sps:.1f}")
     log.info(f"step {st.step}/{cfg.steps} loss {w.last:.5g} lr {lr:.3g} {sps:.1f} steps/s")
-    if is_probe:  # outside the timed region: wall_time stays training time
+    if due.probe:  # outside the timed region: wall_time stays training time
         t_probe = time.perf_counter()
         pr = probe(st, cfg)
         pr["probe_time_s"] = time.perf_counter() - t_probe
         append_row(run.probes, {"step": st.step, "wall_time": st.elapsed, **pr})
         log.info(f"probe at step {st.step}: distance to M {pr['dist_mean']:.3g}")
-    if st.step % cfg.checkpoint_every == 0 or st.step == cfg.steps:
+    if due.checkpoint:
         save_checkpoint(run.checkpoint, checkpoint_dict(cfg, st))
-    if st.step == snapshot_step(cfg):
+    if due.snapshot:
         save_checkpoint(run.snapshot, checkpoint_dict(cfg, st))
         log.info(f"snapshot at step {st.step} (for the convergence check): {run.snapshot}")
     w.losses, w.step, w.time = [], st.step, time.perf_counter()
