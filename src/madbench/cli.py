@@ -214,7 +214,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
 def cmd_train_stack(args: argparse.Namespace) -> None:
     import json
 
-    from madbench.config import TrainConfig, apply_overrides
+    from madbench.config import SPEC_FIELDS, config_from_spec
     from madbench.stack import train_stack
 
     try:
@@ -224,14 +224,11 @@ def cmd_train_stack(args: argparse.Namespace) -> None:
         raise UsageError("--spec must be a non-empty JSON list of run objects") from None
     cfgs, outs = [], []
     for i, r in enumerate(spec):
-        unknown = set(r) - {"out", "dataset", "method", "schedule", "seed", "steps", "set"}
+        unknown = set(r) - {"out", "set", *SPEC_FIELDS}
         if unknown or "out" not in r:
             raise UsageError(f"--spec run {i}: needs 'out', unknown keys {sorted(unknown)}")
-        keys = ("dataset", "method", "schedule", "seed", "steps")
-        cfg = TrainConfig(**{k: r[k] for k in keys if k in r})
-        if args.device is not None:
-            cfg.device = args.device
-        cfgs.append(apply_overrides(cfg, list(r.get("set", []))))
+        device = {} if args.device is None else {"device": args.device}
+        cfgs.append(config_from_spec(r, **device))
         outs.append(Path(r["out"]))
         _check_writable_dir(outs[-1])
     progress = False if args.no_progress else None

@@ -37,6 +37,7 @@ __all__ = [
     "NetConfig",
     "TrainConfig",
     "apply_overrides",
+    "config_from_spec",
     "dump_config",
     "load_config",
 ]
@@ -346,6 +347,18 @@ def apply_overrides(cfg: TrainConfig, pairs: list[str]) -> TrainConfig:
             raise ConfigError(f"--set expects key=value, got {pair!r}")
         set_value(cfg, key.strip(), value.strip())
     return cfg.validate()
+
+
+#: the fields of a run spec (madbench train-stack --spec, the pipeline's runs) besides its
+#: output directory ``out`` and its ``set`` pairs
+SPEC_FIELDS = ("dataset", "method", "schedule", "seed", "steps")
+
+
+def config_from_spec(spec: dict[str, Any], **fields: Any) -> TrainConfig:
+    """The validated training config of a run spec: its :data:`SPEC_FIELDS` (and ``fields``,
+    e.g. the device), then its ``set`` pairs in order."""
+    cfg = TrainConfig(**{k: spec[k] for k in SPEC_FIELDS if k in spec}, **fields)
+    return apply_overrides(cfg, list(spec.get("set", [])))
 
 
 # ---------------------------------------------------------------------- yaml

@@ -21,7 +21,7 @@ from typing import IO, Any
 
 import pandas as pd
 
-from madbench.config import ConfigError, TrainConfig, apply_overrides
+from madbench.config import ConfigError, config_from_spec
 from madbench.data import get_dataset, list_datasets
 from madbench.methods import get_method, list_methods
 from madbench.schedules import list_schedules
@@ -232,9 +232,7 @@ def stack_groups(cfg: dict[str, Any], grid: pd.DataFrame, size: int) -> dict[str
 
 def _shape_key(cfg: dict[str, Any], row: pd.Series) -> str:
     """The training config of a grid run without the keys members of a stack may differ in."""
-    spec = run_spec(cfg, {k: row[k] for k in GRID_COLUMNS}, "")
-    tc = TrainConfig(**{k: spec[k] for k in ("dataset", "method", "schedule", "seed", "steps")})
-    tc = apply_overrides(tc, spec["set"])
+    tc = config_from_spec(run_spec(cfg, {k: row[k] for k in GRID_COLUMNS}, ""))
     return repr(sorted((k, v) for k, v in tc.to_dict().items() if k not in MEMBER_KEYS))
 
 
@@ -249,14 +247,11 @@ def check_runs(cfg: dict[str, Any], grid: pd.DataFrame) -> None:
     """Build and check the training config and the evaluation settings of every grid cell, so
     that a misspelled ``train.set`` key, a bad value, an unknown schedule parameter or sampler is
     an error before any job runs (ValueError naming the key and the run)."""
-    cells = grid[["dataset", "split", "schedule", "method"]].drop_duplicates()
-    for d, split, s, m in cells.itertuples(False):
-        steps, pairs = run_settings(cfg, d, s, m)
-        run = f"run dataset={d} split={split} schedule={s} method={m}"
+    cells = grid.drop_duplicates(["dataset", "split", "schedule", "method"])
+    for row in cells.to_dict("records"):
+        run = "run " + " ".join(f"{k}={row[k]}" for k in ("dataset", "split", "schedule", "method"))
         try:
-            tc = TrainConfig(dataset=d, method=base_method(cfg, m), schedule=s, steps=steps)
-            tc.split = split
-            tc = apply_overrides(tc, [f"{k}={v}" for k, v in pairs.items()])
+            tc = config_from_spec(run_spec(cfg, row, ""))
         except ConfigError as e:
             raise ValueError(
                 f"{run}: {e} (set by train.set, train.overrides or schedule_params)"
